@@ -49,6 +49,8 @@ __all__ = [
     "load_dna_features", "load_protein_features", "merge_data",
     # classifier
     "MLPClassifier", "save_checkpoint", "load_checkpoint", "describe_legacy_checkpoint",
+    # command-line plumbing
+    "setup_logging", "run_cli", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE",
 ]
 
 log = logging.getLogger("virnucpro")
@@ -1076,3 +1078,33 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
     meta["label_map"] = {int(k): v for k, v in meta["label_map"].items()}
     return model, meta
+
+
+# ---------------------------------------------------------------------------
+# Command-line plumbing shared by the scripts
+# ---------------------------------------------------------------------------
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Log to stderr: warnings only with ``quiet``, debug with ``verbose``, info otherwise."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("transformers", "huggingface_hub", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def run_cli(prog: str, body: Callable[[], int | None]) -> int:
+    """Run a script body: user errors give one line on stderr and exit code 2, others 1."""
+    try:
+        return int(body() or EXIT_OK)
+    except VirNucProError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - unexpected: keep the traceback for a bug report
+        log.exception("%s: unexpected failure", prog)
+        return EXIT_FAILURE
