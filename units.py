@@ -12,6 +12,7 @@ subclasses, which the command-line scripts turn into one-line messages.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gzip
 import logging
@@ -25,7 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, NoReturn, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ __all__ = [
     # classifier
     "MLPClassifier", "save_checkpoint", "load_checkpoint", "describe_legacy_checkpoint",
     # command-line plumbing
-    "setup_logging", "run_cli", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE",
+    "CliArgumentParser", "setup_logging", "run_cli", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE",
 ]
 
 log = logging.getLogger("virnucpro")
@@ -176,8 +177,6 @@ def read_fasta(path: str | os.PathLike, *, alphabet: str | None = "dna",
     except (EOFError, gzip.BadGzipFile, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: corrupt or truncated gzip file ({exc})") from None
     except OSError as exc:
-        if isinstance(exc, InputError):
-            raise
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if count == 0 and not allow_empty:
         raise InputError(f"{path}: no FASTA records found (empty file?)")
@@ -1085,6 +1084,17 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 # ---------------------------------------------------------------------------
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class CliArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``prog: error: ...``) and exit code 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:

@@ -1,0 +1,345 @@
+"""prediction.py end to end with the tiny stand-in models: formats, consistency, errors, resume."""
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import prediction
+import units
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def checkpoint_300(tmp_path_factory, esm_model_dir, dnabert_model_dir) -> Path:
+    """A seeded random classifier for the stand-ins' widths (768 + protein width)."""
+    dna = units.load_dnabert_model(str(dnabert_model_dir), "cpu")
+    protein = units.load_protein_model(str(esm_model_dir), "cpu")
+    torch.manual_seed(7)
+    model = units.MLPClassifier(dna.hidden_size + protein.hidden_size)
+    model.eval()
+    with torch.no_grad():  # make the batch-norm statistics non-trivial so scores vary
+        model.bn1.running_mean.uniform_(-0.05, 0.05)
+    path = tmp_path_factory.mktemp("ckpt") / "300_model_fastesm650.pth"
+    units.save_checkpoint(path, model, dna_model=str(dnabert_model_dir), dna_dim=dna.hidden_size,
+                          protein_model=str(esm_model_dir), protein_dim=protein.hidden_size, chunk_size=300)
+    return path
+
+
+@pytest.fixture()
+def run(esm_model_dir, dnabert_model_dir, checkpoint_300):
+    """Call prediction.main with the stand-in models; returns the exit code."""
+    def _run(*args: str | Path, model: Path | None = None) -> int:
+        argv = [str(a) for a in args] + ["--model", str(model or checkpoint_300), "--esm-model", str(esm_model_dir),
+                                         "--dnabert-model", str(dnabert_model_dir), "--device", "cpu", "-q"]
+        return prediction.main(argv)
+    return _run
+
+
+def random_dna(rng: random.Random, length: int) -> str:
+    return "".join(rng.choice("ACGT") for _ in range(length))
+
+
+def write_fasta(path: Path, records: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(f">{i}\n{s}\n" for i, s in records))
+    return path
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text().splitlines()]
+
+
+def original_consensus(results: Path) -> str:
+    """The original per-chunk consensus, computed with pandas as VirNucPro does."""
+    df = pd.read_csv(results, sep="\t")
+    df["Modified_ID"] = df["Sequence_ID"].str[:-2]
+    rows = [(key, group["score2"].max() >= group["score1"].max())
+            for key, group in df.groupby("Modified_ID")]
+    return "Modified_ID\tIs_Virus\n" + "".join(f"{k}\t{bool(v)}\n" for k, v in rows)
+
+
+def test_golden_reads_outputs_are_consistent(run, tmp_path, golden_dir):
+    reads = tmp_path / "reads.fa"
+    shutil.copy(golden_dir / "reads.fa", reads)
+    out = tmp_path / "out"
+    assert run(reads, 300, out) == 0
+
+    # intermediate FASTA files keep the original names and bytes
+    golden = golden_dir / "predict_300"
+    for name in ("reads_chunked300.fa", "reads_identified_nucleotide.fa", "reads_identified_protein.faa"):
+        assert (out / name).read_bytes() == (golden / name).read_bytes(), name
+
+    results = read_rows(out / "prediction_results.txt")
+    assert results[0] == ["Sequence_ID", "Prediction", "score1", "score2"]
+    frame_ids = [line[1:] for line in (golden / "reads_identified_nucleotide.fa").read_text().splitlines()
+                 if line.startswith(">")]
+    assert [r[0] for r in results[1:]] == frame_ids
+    for frame_id, label, score1, score2 in results[1:]:
+        s1, s2 = np.float32(score1), np.float32(score2)
+        assert str(s1) == score1 and str(s2) == score2
+        assert abs(float(s1) + float(s2) - 1) < 1e-5
+        assert label == ("virus" if s2 > s1 else "others")
+
+    assert (out / "prediction_results_highestscore.csv").read_text() == original_consensus(out / "prediction_results.txt")
+
+    summary = read_rows(out / "prediction_summary.tsv")
+    assert tuple(summary[0]) == prediction.SUMMARY_COLUMNS
+    records = list(units.read_fasta(reads))
+    assert [r[0] for r in summary[1:]] == [rec.id for rec in records]
+    consensus = dict(read_rows(out / "prediction_results_highestscore.csv")[1:])
+    by_chunk: dict[str, list[float]] = {}
+    for frame_id, _, _, score2 in results[1:]:
+        by_chunk.setdefault(frame_id[:-2], []).append(float(score2))
+    for rec, row in zip(records, summary[1:]):
+        seq_id, length, chunks, scored, viral, fraction, max_score, mean_score, call = row
+        chunk_ids = [f"{seq_id}_chunk_{k}" for k in range(1, int(chunks) + 1)]
+        assert int(length) == len(rec.seq)
+        assert int(chunks) == len(units.chunk_sequence(rec.seq, 300))
+        assert int(scored) == sum(c in consensus for c in chunk_ids)
+        assert int(viral) == sum(consensus.get(c) == "True" for c in chunk_ids)
+        if int(scored) == 0:
+            assert (fraction, max_score, mean_score, call) == ("NA", "NA", "NA", "no_call")
+        else:
+            assert float(fraction) == pytest.approx(int(viral) / int(scored), abs=1e-4)
+            assert float(max_score) == max(max(by_chunk[c]) for c in chunk_ids if c in by_chunk)
+            assert call == ("virus" if int(viral) / int(scored) >= 0.5 else "others")
+    assert any(r[-1] == "no_call" for r in summary[1:])  # the all-N and 1-bp records
+
+
+def test_gzip_input_gives_same_results(run, tmp_path, golden_dir):
+    plain = tmp_path / "reads.fa"
+    shutil.copy(golden_dir / "reads.fa", plain)
+    packed = tmp_path / "reads.fa.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert run(plain, 300, tmp_path / "a", "--shard-size", "7") == 0
+    assert run(packed, 300, tmp_path / "b") == 0
+    for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "prediction_summary.tsv",
+                 "reads_identified_protein.faa"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_no_surviving_chunk_gives_header_only_results(run, tmp_path):
+    fasta = write_fasta(tmp_path / "n.fa", [("allN", "N" * 700), ("tiny", "AC")])
+    out = tmp_path / "out"
+    assert run(fasta, 300, out) == 0
+    assert (out / "prediction_results.txt").read_text() == prediction.RESULTS_HEADER
+    assert (out / "prediction_results_highestscore.csv").read_text() == prediction.CONSENSUS_HEADER
+    summary = read_rows(out / "prediction_summary.tsv")[1:]
+    assert [(r[0], r[2], r[3], r[-1]) for r in summary] == [("allN", "3", "0", "no_call"), ("tiny", "1", "0", "no_call")]
+
+
+def test_keep_features_writes_merged_files(run, tmp_path, golden_dir, esm_model_dir):
+    out = tmp_path / "out"
+    assert run(golden_dir / "reads.fa", 300, out, "--keep-features", "--shard-size", "20") == 0
+    files = sorted((out / "features").glob("shard_*_merged.pt"))
+    assert len(files) > 1
+    ids = []
+    for path in files:
+        merged = torch.load(path, weights_only=True)
+        assert merged["data"].shape == (len(merged["ids"]), merged["dna_dim"] + merged["protein_dim"])
+        assert merged["dna_dim"] == 768
+        ids += merged["ids"]
+    assert ids == [r[0] for r in read_rows(out / "prediction_results.txt")[1:]]
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def test_missing_checkpoint_says_how_to_train(tmp_path, golden_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = prediction.main([str(golden_dir / "reads.fa"), "300", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "300_model_fastesm650.pth" in err and "train.py" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_chunk_size_mismatch_is_refused(run, tmp_path, golden_dir, capsys):
+    assert run(golden_dir / "reads.fa", 500, tmp_path / "out") == 2
+    assert "300-bp chunks" in capsys.readouterr().err
+
+
+def test_legacy_whole_model_pickle_is_refused(run, tmp_path, golden_dir, capsys):
+    legacy = tmp_path / "300_model.pth"
+    torch.save(units.MLPClassifier(3328), legacy)  # what the original train.py saved
+    assert run(golden_dir / "reads.fa", 300, tmp_path / "out", model=legacy) == 2
+    err = capsys.readouterr().err
+    assert "3328" in err and "ESM2-3B" in err and "train.py" in err
+
+
+def test_width_mismatch_is_refused(run, tmp_path, golden_dir, capsys, esm_model_dir):
+    wrong = tmp_path / "wrong.pth"
+    units.save_checkpoint(wrong, units.MLPClassifier(768 + 2560), dna_model="d", dna_dim=768,
+                          protein_model="esm2_t36_3B_UR50D", protein_dim=2560, chunk_size=300)
+    assert run(golden_dir / "reads.fa", 300, tmp_path / "out", model=wrong) == 2
+    assert "2560" in capsys.readouterr().err
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+BAD_INPUTS = {
+    "empty": b"",
+    "fastq": b"@r1\nACGT\n+\nIIII\n",
+    "protein": b">p1\nMKVLAAGIEFQW\n",
+    "no_sequence": b">r1\n>r2\nACGT\n",
+    "duplicate_ids": b">r1\nACGT\n>r1\nACGA\n",
+    "text_first": b"hello\n>r1\nACGT\n",
+    "binary": bytes(range(256)) * 4,
+    "truncated_gzip": gzip.compress(b">r1\n" + b"ACGT" * 5000)[:200],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line(run, tmp_path, capsys, kind):
+    path = tmp_path / f"{kind}.fa"
+    path.write_bytes(BAD_INPUTS[kind])
+    out = tmp_path / "out"
+    assert run(path, 300, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "Traceback" not in err
+    assert not (out / "prediction_results.txt").exists()
+
+
+@pytest.mark.parametrize("argv_tail, message", [
+    (["0"], "positive integer"), (["abc"], "positive integer"), (["-5"], "positive integer")])
+def test_bad_length_exits_2(tmp_path, golden_dir, capsys, argv_tail, message):
+    with pytest.raises(SystemExit) as exit_info:
+        prediction.main([str(golden_dir / "reads.fa"), *argv_tail, str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_missing_input_and_directory_input(run, tmp_path, capsys):
+    assert run(tmp_path / "nope.fa", 300, tmp_path / "o") == 2
+    assert "no such file" in capsys.readouterr().err
+    assert run(tmp_path, 300, tmp_path / "o") == 2
+    assert "directory" in capsys.readouterr().err
+
+
+def test_outdir_that_is_a_file_or_read_only(run, tmp_path, golden_dir, capsys):
+    as_file = tmp_path / "file"
+    as_file.write_text("keep me")
+    assert run(golden_dir / "reads.fa", 300, as_file) == 2
+    assert "not a directory" in capsys.readouterr().err and as_file.read_text() == "keep me"
+    if os.geteuid() != 0:  # root can write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert run(golden_dir / "reads.fa", 300, locked / "sub") == 2
+
+
+def test_tolerated_inputs(run, tmp_path):
+    rng = random.Random(3)
+    seq = random_dna(rng, 650)
+    crlf = tmp_path / "crlf.fa"
+    crlf.write_bytes(b">r1 desc\r\n" + seq[:300].lower().encode() + b"\r\n" + seq[300:].encode()
+                     + b"\r\n>r\xff2\r\nACGTRYKMNNACGTAC\r\n")
+    out = tmp_path / "out"
+    assert run(crlf, 300, out) == 0
+    summary = (out / "prediction_summary.tsv").read_bytes()
+    assert b"r\xff2\t16\t1" in summary
+    chunked = (out / "crlf_chunked300.fa").read_bytes()
+    assert b">r1_chunk_1\n" + seq[:60].lower().encode() in chunked
+
+
+# --- resume, force, crashes --------------------------------------------------------------
+
+
+def test_rerun_is_noop_and_changed_settings_are_refused(run, tmp_path, golden_dir, capsys):
+    reads = tmp_path / "reads.fa"
+    shutil.copy(golden_dir / "reads.fa", reads)
+    out = tmp_path / "out"
+    assert run(reads, 300, out) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert run(reads, 300, out) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+    with reads.open("a") as handle:
+        handle.write(">extra\nACGTACGTACGT\n")
+    assert run(reads, 300, out) == 2
+    assert "input_sha256" in capsys.readouterr().err
+    assert run(reads, 300, out, "--batch-tokens", "999") == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+    (out / "notes.txt").write_text("mine")
+    assert run(reads, 300, out, "--force") == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert "extra" in (out / "prediction_summary.tsv").read_text()
+
+
+def test_foreign_results_are_not_overwritten(run, tmp_path, golden_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "prediction_results.txt").write_text("someone else's\n")
+    assert run(golden_dir / "reads.fa", 300, out) == 2
+    assert (out / "prediction_results.txt").read_text() == "someone else's\n"
+
+
+def _cli(esm_model_dir, dnabert_model_dir, checkpoint, fasta, out, *extra) -> list[str]:
+    return [sys.executable, str(REPO / "prediction.py"), str(fasta), "300", str(out), "--model", str(checkpoint),
+            "--esm-model", str(esm_model_dir), "--dnabert-model", str(dnabert_model_dir), "--device", "cpu",
+            "-q", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_is_byte_identical(tmp_path, esm_model_dir, dnabert_model_dir, checkpoint_300):
+    rng = random.Random(11)
+    fasta = write_fasta(tmp_path / "in.fa", [(f"s{i}", random_dna(rng, rng.randint(200, 1400))) for i in range(60)])
+    cli = lambda out: _cli(esm_model_dir, dnabert_model_dir, checkpoint_300, fasta, out, "--shard-size", "15")
+    clean = tmp_path / "clean"
+    subprocess.run(cli(clean), check=True, cwd=REPO)
+    expected = {p.name: p.read_bytes() for p in clean.iterdir() if p.is_file()}
+
+    for delay in (1.5, 3.0, 4.5):
+        out = tmp_path / f"killed_{delay}"
+        proc = subprocess.Popen(cli(out), cwd=REPO)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for path in out.glob("*"):  # nothing under a final name is partial
+            if path.is_file() and path.name in expected:
+                assert path.read_bytes() == expected[path.name]
+        subprocess.run(cli(out), check=True, cwd=REPO)
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == expected
+
+
+@pytest.mark.slow
+def test_two_runs_into_two_outdirs_do_not_interfere(tmp_path, esm_model_dir, dnabert_model_dir, checkpoint_300,
+                                                     golden_dir):
+    procs = [subprocess.Popen(_cli(esm_model_dir, dnabert_model_dir, checkpoint_300, golden_dir / "reads.fa",
+                                   tmp_path / name, "--shard-size", "10"), cwd=REPO) for name in ("a", "b")]
+    assert [p.wait() for p in procs] == [0, 0]
+    for path in (tmp_path / "a").iterdir():
+        if path.is_file():
+            assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
+
+
+def _peak_rss_kib(cmd: list[str]) -> int:
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_maxrss
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_input(tmp_path, esm_model_dir, dnabert_model_dir, checkpoint_300):
+    rng = random.Random(5)
+    records = [(f"r{i}", random_dna(rng, 300)) for i in range(3000)]
+    small = write_fasta(tmp_path / "small.fa", records[:300])
+    large = write_fasta(tmp_path / "large.fa", records)
+    rss = [_peak_rss_kib(_cli(esm_model_dir, dnabert_model_dir, checkpoint_300, fasta, tmp_path / fasta.stem,
+                              "--shard-size", "100"))
+           for fasta in (small, large)]
+    assert rss[1] < rss[0] * 1.10 + 20 * 1024, rss
