@@ -1019,9 +1019,11 @@ def describe_legacy_checkpoint(path: str | os.PathLike) -> str | None:
     expect_int = False
     try:
         for opcode, arg, _ in pickletools.genops(data):
+            if "PUT" in opcode.name or "GET" in opcode.name or opcode.name == "MEMOIZE":
+                continue  # memo bookkeeping between a key and its value
             if expect_int and isinstance(arg, int) and not isinstance(arg, bool):
                 in_features = in_features or arg
-                expect_int = False
+            expect_int = False
             if isinstance(arg, str):
                 strings.append(arg)
                 expect_int = arg == "in_features"

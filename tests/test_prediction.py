@@ -123,11 +123,21 @@ def test_gzip_input_gives_same_results(run, tmp_path, golden_dir):
     shutil.copy(golden_dir / "reads.fa", plain)
     packed = tmp_path / "reads.fa.gz"
     packed.write_bytes(gzip.compress(plain.read_bytes()))
-    assert run(plain, 300, tmp_path / "a", "--shard-size", "7") == 0
+    assert run(plain, 300, tmp_path / "a") == 0
     assert run(packed, 300, tmp_path / "b") == 0
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "prediction_summary.tsv",
                  "reads_identified_protein.faa"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_shard_size_changes_no_result(run, tmp_path, golden_dir):
+    """Shards and batches only regroup the work: scores agree to float32 rounding."""
+    assert run(golden_dir / "reads.fa", 300, tmp_path / "a") == 0
+    assert run(golden_dir / "reads.fa", 300, tmp_path / "b", "--shard-size", "7", "--batch-tokens", "300") == 0
+    a, b = (read_rows(tmp_path / d / "prediction_results.txt") for d in "ab")
+    assert [r[:2] for r in a] == [r[:2] for r in b]
+    np.testing.assert_allclose(np.array([r[2:] for r in a[1:]], dtype=float),
+                               np.array([r[2:] for r in b[1:]], dtype=float), atol=1e-5)
 
 
 def test_no_surviving_chunk_gives_header_only_results(run, tmp_path):
@@ -197,7 +207,7 @@ BAD_INPUTS = {
     "duplicate_ids": b">r1\nACGT\n>r1\nACGA\n",
     "text_first": b"hello\n>r1\nACGT\n",
     "binary": bytes(range(256)) * 4,
-    "truncated_gzip": gzip.compress(b">r1\n" + b"ACGT" * 5000)[:200],
+    "truncated_gzip": gzip.compress(b">r1\n" + bytes(random.Random(1).choices(b"ACGT", k=20000)))[:2000],
 }
 
 
@@ -302,12 +312,19 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path, esm_model_dir, dnabert_m
     subprocess.run(cli(clean), check=True, cwd=REPO)
     expected = {p.name: p.read_bytes() for p in clean.iterdir() if p.is_file()}
 
-    for delay in (1.5, 3.0, 4.5):
-        out = tmp_path / f"killed_{delay}"
+    # Killed during start-up, after the first finished shard, and after the second.
+    for finished_shards in (0, 1, 2):
+        out = tmp_path / f"killed_{finished_shards}"
         proc = subprocess.Popen(cli(out), cwd=REPO)
-        time.sleep(delay)
+        deadline = time.monotonic() + 120
+        while len(list((out / prediction.WORK_DIR_NAME).glob("shard_*.done"))) < finished_shards:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        if finished_shards == 0:
+            time.sleep(1.0)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        assert not (out / "prediction_summary.tsv").exists()
         for path in out.glob("*"):  # nothing under a final name is partial
             if path.is_file() and path.name in expected:
                 assert path.read_bytes() == expected[path.name]
