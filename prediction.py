@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import seqframes
 import units
 
 log = logging.getLogger("virnucpro.predict")
@@ -201,16 +202,6 @@ def iter_shards(input_path: Path, chunk_size: int, shard_chunks: int) -> Iterato
         yield index, batch
 
 
-def select_frames(chunks: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
-    """(frame_id, nucleotide, protein) of every stop-free frame, in the original order."""
-    selected = []
-    for chunk_id, sequence in chunks:
-        for item in units.identify_seq(chunk_id, sequence):
-            if item["protein"]:
-                selected.append((item["seqid"], item["nucleotide"], item["protein"]))
-    return selected
-
-
 def preprocess_shard(index: int, records: list[units.FastaRecord], chunk_size: int) -> Shard:
     """Chunk, translate and select frames for the records of one shard (CPU only)."""
     shard = Shard(index)
@@ -223,7 +214,7 @@ def preprocess_shard(index: int, records: list[units.FastaRecord], chunk_size: i
             shard.chunk_fasta.append(chunk_id)
             shard.chunk_fasta.append(chunk)
             upper_chunks.append((chunk_id, chunk.upper()))
-    for frame_id, nucleotide, protein in select_frames(upper_chunks):
+    for frame_id, nucleotide, protein in seqframes.select_frames(upper_chunks):
         shard.frame_ids.append(frame_id)
         shard.nucleotides.append(nucleotide)
         shard.proteins.append(protein)

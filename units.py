@@ -651,15 +651,14 @@ def embed_proteins(sequences: Sequence[str], loaded: LoadedModel, *,
     ids = list(ids) if ids is not None else [str(i) for i in range(len(sequences))]
     tokenizer = loaded.tokenizer
     cls_id, eos_id, pad_id = _special_ids(tokenizer)
+    residue_id = _residue_token_ids(tokenizer)
     token_ids: list[list[int]] = []
-    unk_id = getattr(tokenizer, "unk_token_id", None)
     for record_id, sequence in zip(ids, sequences):
         protein = _clean_protein(record_id, sequence)[:truncation_seq_length]
-        residues = tokenizer.convert_tokens_to_ids(list(protein))
-        if unk_id is not None and unk_id in residues:
-            bad = sorted({c for c, t in zip(protein, residues) if t == unk_id})
-            raise InputError(f"protein '{record_id}': the tokenizer does not know {''.join(bad)}")
-        token_ids.append([cls_id, *residues, eos_id])
+        try:
+            token_ids.append([cls_id, *map(residue_id.__getitem__, protein), eos_id])
+        except KeyError as exc:
+            raise InputError(f"protein '{record_id}': the tokenizer does not know {exc.args[0]}") from None
     out = torch.empty((len(token_ids), loaded.hidden_size), dtype=torch.float32)
     if not token_ids:
         return out
@@ -685,6 +684,13 @@ def embed_proteins(sequences: Sequence[str], loaded: LoadedModel, *,
 
     batches = token_budget_batches([len(t) for t in token_ids], batch_tokens)
     return _run_batches(batches, compute, out, "protein embeddings", progress)
+
+
+def _residue_token_ids(tokenizer: Any) -> dict[str, int]:
+    """One token id per amino-acid letter the tokenizer knows (unknown letters left out)."""
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    ids = dict(zip(_PROTEIN_ALPHABET, tokenizer.convert_tokens_to_ids(list(_PROTEIN_ALPHABET))))
+    return {letter: token for letter, token in ids.items() if token is not None and token != unk_id}
 
 
 def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
@@ -716,7 +722,7 @@ def embed_dna(sequences: Sequence[str], loaded: LoadedModel, *, batch_tokens: in
     Batched with an attention mask; equal to the original one-sequence-at-a-time mean.
     """
     tokenizer = loaded.tokenizer
-    encoded = [tokenizer(seq.upper())["input_ids"] for seq in sequences] if sequences else []
+    encoded = tokenizer([seq.upper() for seq in sequences])["input_ids"] if sequences else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = torch.empty((len(encoded), loaded.hidden_size), dtype=torch.float32)
     if not encoded:
