@@ -31,6 +31,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, NoReturn, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -492,9 +493,13 @@ def _remote_code_without(packages: set[str]) -> Iterator[None]:
 
 def _from_pretrained_error(kind: str, location: str, exc: Exception) -> ModelLoadError:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    hint = ("the files are not in the local Hugging Face cache; run once with internet "
-            "access (without HF_HUB_OFFLINE) or pass a local model directory") if offline else (
-        "check the model id or local directory, and network access for a first download")
+    if Path(location).is_dir():
+        hint = "the local model directory is incomplete or damaged"
+    elif offline:
+        hint = ("the files are not in the local Hugging Face cache; run once with internet "
+                "access (without HF_HUB_OFFLINE) or pass a local model directory")
+    else:
+        hint = "check the model id or local directory, and network access for a first download"
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelLoadError(f"cannot load {kind} model '{location}': {first_line} ({hint})")
 
@@ -526,7 +531,7 @@ def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.
             tokenizer = getattr(model, "tokenizer", None)
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(str(model_location), trust_remote_code=True)
-    except (OSError, ValueError, ImportError, EnvironmentError) as exc:
+    except (OSError, ValueError, ImportError, RuntimeError, SafetensorError) as exc:
         raise _from_pretrained_error("protein", str(model_location), exc) from exc
     model = model.to(device=device, dtype=dtype).eval()
     loaded = LoadedModel(str(model_location), model, tokenizer, device, dtype, _model_hidden_size(model))
@@ -548,7 +553,7 @@ def load_dnabert_model(model_location: str = DNABERT_S_MODEL,
         with _remote_code_without({"triton"}):
             tokenizer = AutoTokenizer.from_pretrained(str(model_location), trust_remote_code=True)
             model = AutoModel.from_pretrained(str(model_location), trust_remote_code=True)
-    except (OSError, ValueError, ImportError, EnvironmentError) as exc:
+    except (OSError, ValueError, ImportError, RuntimeError, SafetensorError) as exc:
         raise _from_pretrained_error("DNA", str(model_location), exc) from exc
     _disable_triton_attention(model)
     model = model.to(device=device, dtype=torch.float32).eval()

@@ -1,0 +1,81 @@
+"""Shared fixtures: offline Hugging Face environment, tiny stand-in models, golden data.
+
+The Hugging Face environment is set at import time, BEFORE transformers or
+huggingface_hub are imported (they read HF_HOME when imported): a fresh temporary
+HF_HOME per test session, HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1, so nothing
+ever touches the network or the user's real cache.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+for _path in (str(ROOT), str(TESTS)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+if "huggingface_hub" in sys.modules or "transformers" in sys.modules:  # pragma: no cover
+    import warnings
+    warnings.warn("huggingface_hub/transformers were imported before tests/conftest.py; "
+                  "the test HF_HOME may not be used", stacklevel=1)
+
+_HF_HOME = Path(tempfile.mkdtemp(prefix="virnucpro-test-hf-"))
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+for _var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE",
+             "HF_DATASETS_CACHE", "HF_TOKEN", "HF_ENDPOINT"):
+    os.environ.pop(_var, None)
+os.environ["HF_HOME"] = str(_HF_HOME)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import standins  # noqa: E402
+
+# The stand-in models are tiny: on a small, busy CPU one intra-op thread is much faster
+# than several (thread start-up and spinning dominate).  VIRNUCPRO_TEST_THREADS overrides.
+torch.set_num_threads(max(1, int(os.environ.get("VIRNUCPRO_TEST_THREADS", "1"))))
+
+
+@pytest.fixture(scope="session")
+def hf_home() -> Path:
+    """The session's temporary HF_HOME."""
+    return _HF_HOME
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """tests/data: golden outputs of the original VirNucPro (see GOLDEN_README.md)."""
+    return TESTS / "data"
+
+
+@pytest.fixture(scope="session")
+def esm_model_dir(tmp_path_factory) -> Path:
+    """A local directory holding a tiny FastESM2 stand-in (64-d, 2 layers, EsmTokenizer)."""
+    return standins.build_fastesm_standin(tmp_path_factory.mktemp("fastesm_standin"))
+
+
+@pytest.fixture(scope="session")
+def dnabert_model_dir(tmp_path_factory) -> Path:
+    """A local directory holding a tiny DNABERT-S stand-in (768-d, 1 layer, BPE tokenizer)."""
+    return standins.build_dnabert_standin(tmp_path_factory.mktemp("dnabert_standin"))
+
+
+@pytest.fixture(scope="session")
+def fake_hub(esm_model_dir, dnabert_model_dir) -> Path:
+    """Make the default hub ids resolve offline from the session cache; returns HF_HOME."""
+    from huggingface_hub import constants
+
+    hub_cache = Path(constants.HF_HUB_CACHE)
+    standins.install_fake_hub(hub_cache, esm_model_dir, dnabert_model_dir)
+    return _HF_HOME

@@ -1,0 +1,411 @@
+"""units.py model loading and embeddings, with the tiny stand-ins loaded through the real remote-code path."""
+from __future__ import annotations
+
+import random
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+import standins
+import units
+
+
+@pytest.fixture(scope="module")
+def esm(esm_model_dir):
+    return units.load_protein_model(str(esm_model_dir), "cpu")
+
+
+@pytest.fixture(scope="module")
+def dna(dnabert_model_dir):
+    return units.load_dnabert_model(str(dnabert_model_dir), "cpu")
+
+
+AMINO = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def random_proteins(n: int, seed: int, max_len: int = 120) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(AMINO) for _ in range(rng.randint(1, max_len))) for _ in range(n)]
+
+
+def random_dnas(n: int, seed: int, max_len: int = 400) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice("ACGT") for _ in range(rng.randint(1, max_len))) for _ in range(n)]
+
+
+def write_fasta(path: Path, records: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(f">{i}\n{s}\n" for i, s in records))
+    return path
+
+
+@pytest.fixture()
+def no_loading(monkeypatch):
+    """Forget loaded models and make every from_pretrained call fail loudly."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"from_pretrained called: {args!r}")
+
+    monkeypatch.setattr(units, "_MODEL_CACHE", {})
+    for cls in (transformers.AutoModel, transformers.AutoTokenizer, transformers.AutoConfig,
+                transformers.EsmTokenizer, transformers.PreTrainedTokenizerFast):
+        monkeypatch.setattr(cls, "from_pretrained", refuse)
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+
+
+def test_load_protein_model_from_directory(esm, esm_model_dir):
+    from transformers import EsmTokenizer
+
+    assert esm.hidden_size == 64 and esm.dtype == torch.float32 and esm.device.type == "cpu"
+    assert isinstance(esm.tokenizer, EsmTokenizer)
+    assert not esm.model.training
+    assert type(esm.model).__module__.startswith("transformers_modules.")
+    assert units.load_protein_model(str(esm_model_dir), "cpu") is esm  # loaded once per process
+    out = esm.model(input_ids=torch.tensor([[0, 5, 6, 2]]), attention_mask=torch.ones(1, 4, dtype=torch.long))
+    assert out.last_hidden_state.shape == (1, 4, 64)
+
+
+def test_load_dnabert_model_from_directory(dna):
+    assert dna.hidden_size == 768 and dna.dtype == torch.float32
+    ids = dna.tokenizer("ACGTACGTAA")["input_ids"]
+    assert ids[0] == 1 and ids[-1] == 2 and dna.tokenizer.pad_token_id == 3
+    out = dna.model(torch.tensor([ids]))
+    assert isinstance(out, tuple) and out[0].shape == (1, len(ids), 768)
+
+
+@pytest.mark.parametrize("which", ["esm", "dna"])
+def test_standin_attention_mask_matters(which, esm, dna):
+    """Sanity check of the stand-ins: ignoring padding would change the numbers."""
+    if which == "esm":
+        model, pad, long_ids, short_ids = esm.model, 1, [0] + [5] * 20 + [2], [0, 6, 7, 2]
+    else:
+        model, pad = dna.model, 3
+        long_ids = dna.tokenizer("ACGT" * 30)["input_ids"]
+        short_ids = dna.tokenizer("GGCA")["input_ids"]
+    width = len(long_ids)
+    batch = torch.full((2, width), pad)
+    batch[0] = torch.tensor(long_ids)
+    batch[1, :len(short_ids)] = torch.tensor(short_ids)
+    mask = (torch.arange(width)[None, :] < torch.tensor([[width], [len(short_ids)]])).long()
+
+    def hidden(*args, **kwargs):
+        out = model(*args, **kwargs)
+        return units._last_hidden_state(out)
+
+    with torch.no_grad():
+        alone = hidden(input_ids=torch.tensor([short_ids]))[0]
+        masked = hidden(input_ids=batch, attention_mask=mask)[1, :len(short_ids)]
+        unmasked = hidden(input_ids=batch, attention_mask=torch.ones_like(mask))[1, :len(short_ids)]
+    torch.testing.assert_close(masked, alone, atol=1e-5, rtol=1e-5)
+    assert (unmasked - alone).abs().max() > 1e-3
+    if which == "dna":
+        full = hidden(batch, attention_mask=mask)
+        assert torch.all(full[1, len(short_ids):] == 0)
+
+
+def test_default_hub_ids_resolve_offline(fake_hub, esm, dna):
+    protein = units.load_protein_model(units.FASTESM_MODEL, "cpu")
+    nucleotide = units.load_dnabert_model(units.DNABERT_S_MODEL, "cpu")
+    assert protein.hidden_size == 64 and nucleotide.hidden_size == 768
+    assert protein.tokenizer.name_or_path == units.FASTESM_MODEL
+    proteins = random_proteins(5, 3)
+    torch.testing.assert_close(units.embed_proteins(proteins, protein), units.embed_proteins(proteins, esm))
+    seqs = random_dnas(5, 3)
+    torch.testing.assert_close(units.embed_dna(seqs, nucleotide), units.embed_dna(seqs, dna))
+
+
+@pytest.mark.skipif(standins.triton_is_installed(), reason="needs an environment without triton")
+def test_dnabert_hub_code_refused_without_workaround_but_units_loads_it(fake_hub, dnabert_model_dir, monkeypatch):
+    from huggingface_hub import constants
+    from transformers import AutoModel
+
+    repo_id = f"standin/DNABERT-S-{uuid.uuid4().hex[:8]}"  # a fresh remote-code module, never cached
+    standins.add_to_fake_hub(constants.HF_HUB_CACHE, repo_id, dnabert_model_dir)
+    with pytest.raises(ImportError, match="triton"):
+        AutoModel.from_pretrained(repo_id, trust_remote_code=True)
+    monkeypatch.setattr(units, "_MODEL_CACHE", {})
+    loaded = units.load_dnabert_model(repo_id, "cpu")
+    assert loaded.hidden_size == 768
+    reference = units.load_dnabert_model(str(dnabert_model_dir), "cpu")
+    seqs = random_dnas(3, 9)
+    torch.testing.assert_close(units.embed_dna(seqs, loaded), units.embed_dna(seqs, reference))
+
+
+@pytest.mark.parametrize("loader", [units.load_protein_model, units.load_dnabert_model])
+def test_missing_model_offline_raises_model_load_error(loader, fake_hub, tmp_path):
+    with pytest.raises(units.ModelLoadError) as err:
+        loader("nobody/no-such-model", "cpu")
+    message = str(err.value)
+    assert "nobody/no-such-model" in message and "cache" in message and "local model directory" in message
+    missing_dir = tmp_path / "not_here"
+    with pytest.raises(units.ModelLoadError, match="not_here"):
+        loader(str(missing_dir), "cpu")
+
+
+def test_model_directory_without_weights_raises_model_load_error(esm_model_dir, tmp_path):
+    broken = standins.copy_model_dir(esm_model_dir, tmp_path / "esm_no_weights")
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(units.ModelLoadError, match="esm_no_weights"):
+        units.load_protein_model(str(broken), "cpu")
+
+
+def test_triton_attention_is_disabled(monkeypatch, tmp_path, dnabert_model_dir, dna):
+    from transformers import AutoModel
+
+    for name, module in standins.fake_triton_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(units, "_MODEL_CACHE", {})
+    copy = standins.copy_model_dir(dnabert_model_dir, tmp_path / f"dnabert_triton_{uuid.uuid4().hex[:8]}")
+    raw = AutoModel.from_pretrained(str(copy), trust_remote_code=True)
+    module = sys.modules[type(raw).__module__]
+    assert module.flash_attn_qkvpacked_func is not None  # the stand-in took the Triton path
+    ids = torch.tensor([dna.tokenizer("ACGTTGCA")["input_ids"]])
+    with pytest.raises((AssertionError, RuntimeError)):
+        raw(ids)
+    loaded = units.load_dnabert_model(str(copy), "cpu")
+    assert sys.modules[type(loaded.model).__module__].flash_attn_qkvpacked_func is None
+    seqs = random_dnas(6, 4)
+    torch.testing.assert_close(units.embed_dna(seqs, loaded), units.embed_dna(seqs, dna), atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# protein embeddings
+# ---------------------------------------------------------------------------
+
+
+def manual_protein(esm, protein: str) -> torch.Tensor:
+    tok = esm.tokenizer
+    ids = [tok.cls_token_id, *tok.convert_tokens_to_ids(list(protein)), tok.eos_token_id]
+    with torch.no_grad():
+        hidden = esm.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    return hidden[1:len(protein) + 1].mean(0)
+
+
+@pytest.fixture(scope="module")
+def protein_reference(esm):
+    """Proteins of mixed lengths and their one-at-a-time embeddings (each its own batch)."""
+    proteins = random_proteins(30, 1, max_len=150)
+    return proteins, units.embed_proteins(proteins, esm, batch_tokens=1)
+
+
+@pytest.mark.parametrize("budget", [100, 700, 3000])
+def test_embed_proteins_batched_equals_one_at_a_time(esm, protein_reference, budget):
+    proteins, single = protein_reference
+    batched = units.embed_proteins(proteins, esm, batch_tokens=budget)
+    assert batched.dtype == torch.float32 and batched.shape == (30, 64)
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+    batches = units.token_budget_batches([len(p) + 2 for p in proteins], budget)
+    assert len(batches) < 30 and any(len({len(proteins[i]) for i in b}) > 1 for b in batches)
+
+
+def test_embed_proteins_pooling_is_residue_mean(esm):
+    proteins = random_proteins(6, 2)
+    got = units.embed_proteins(proteins, esm)
+    expected = torch.stack([manual_protein(esm, p) for p in proteins])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert (got[0] - got[1]).abs().max() > 1e-3  # embeddings are not all the same
+
+
+def test_embed_proteins_truncates_at_1024(esm):
+    long = "".join(random.Random(5).choice(AMINO) for _ in range(1500))
+    got = units.embed_proteins([long, long[:1024]], esm)
+    torch.testing.assert_close(got[0], got[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[1], manual_protein(esm, long[:1024]), atol=1e-5, rtol=0)
+    untruncated = units.embed_proteins([long], esm, truncation_seq_length=2000)
+    assert (untruncated[0] - got[0]).abs().max() > 1e-4
+
+
+def test_embed_proteins_case_stop_and_rare_letters(esm):
+    got = units.embed_proteins(["MKVLAW", "mkvlaw", "MKVLAW*", "MKXUBZOA", "MKJ*A"], esm)
+    torch.testing.assert_close(got[1], got[0])
+    torch.testing.assert_close(got[2], got[0])
+    torch.testing.assert_close(got[3], manual_protein(esm, "MKXUBZOA"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[4], manual_protein(esm, "MKXXA"), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bad", ["", "*", "MK1V", "MK V", "MK#"])
+def test_embed_proteins_rejects_empty_or_invalid(esm, bad):
+    with pytest.raises(units.InputError):
+        units.embed_proteins(["MKV", bad], esm, ids=["ok", "bad_one"])
+
+
+def test_embed_empty_lists(esm, dna):
+    assert units.embed_proteins([], esm).shape == (0, 64)
+    assert units.embed_dna([], dna).shape == (0, 768)
+
+
+# ---------------------------------------------------------------------------
+# DNA embeddings
+# ---------------------------------------------------------------------------
+
+
+def manual_dna(dna, seq: str) -> torch.Tensor:
+    """The original method: one sequence at a time, no mask, mean over all tokens."""
+    ids = torch.tensor(dna.tokenizer(seq)["input_ids"]).unsqueeze(0)
+    with torch.no_grad():
+        return dna.model(ids)[0].mean(dim=1)[0]
+
+
+@pytest.fixture(scope="module")
+def dna_reference(dna):
+    """DNA of mixed lengths and its one-at-a-time embeddings (each its own batch)."""
+    seqs = random_dnas(20, 7, max_len=500)
+    return seqs, units.embed_dna(seqs, dna, batch_tokens=1)
+
+
+@pytest.mark.parametrize("budget", [200, 1000, 5000])
+def test_embed_dna_batched_equals_one_at_a_time(dna, dna_reference, budget):
+    seqs, single = dna_reference
+    batched = units.embed_dna(seqs, dna, batch_tokens=budget)
+    assert batched.dtype == torch.float32 and batched.shape == (20, 768)
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+    lengths = [len(dna.tokenizer(s)["input_ids"]) for s in seqs]
+    batches = units.token_budget_batches(lengths, budget)
+    assert len(batches) < 20 and any(len({lengths[i] for i in b}) > 1 for b in batches)
+
+
+def test_embed_dna_pooling_matches_original_method(dna):
+    seqs = random_dnas(8, 8, max_len=400)
+    got = units.embed_dna(seqs, dna)
+    expected = torch.stack([manual_dna(dna, s) for s in seqs])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert (got[0] - got[1]).abs().max() > 1e-3
+
+
+def test_embed_dna_lowercase_equals_uppercase(dna):
+    seqs = random_dnas(4, 10)
+    torch.testing.assert_close(units.embed_dna([s.lower() for s in seqs], dna), units.embed_dna(seqs, dna))
+
+
+# ---------------------------------------------------------------------------
+# extract_esm / extract_DNABERT_S
+# ---------------------------------------------------------------------------
+
+
+def test_extract_esm_writes_and_returns_in_file_order(esm, esm_model_dir, tmp_path):
+    proteins = random_proteins(12, 11)
+    records = [(f"prot_{i}|x", p) for i, p in enumerate(proteins)]
+    fasta = write_fasta(tmp_path / "p.faa", records)
+    out = tmp_path / "p.pt"
+    ids, data = units.extract_esm(fasta, model_location=str(esm_model_dir), out_file=out,
+                                  device="cpu", progress=False, toks_per_batch=300)
+    assert ids == [r[0] for r in records]
+    assert data.dtype == torch.float32 and data.shape == (12, 64)
+    torch.testing.assert_close(data, units.embed_proteins(proteins, esm), atol=1e-5, rtol=0)
+    saved = torch.load(out, weights_only=True)
+    assert saved["proteins"] == ids
+    assert units.load_protein_features(out)[0] == ids
+    torch.testing.assert_close(units.load_protein_features(out)[1], data)
+
+
+def test_extract_dnabert_writes_and_returns_in_file_order(dna, dnabert_model_dir, tmp_path):
+    seqs = random_dnas(10, 12)
+    records = [(f"seq{i}_chunk_1F1", s) for i, s in enumerate(seqs)]
+    fasta = write_fasta(tmp_path / "n.fa", records)
+    out = tmp_path / "n.pt"
+    ids, data = units.extract_DNABERT_S(fasta, out, model_location=str(dnabert_model_dir), device="cpu",
+                                        progress=False, batch_tokens=500)
+    assert ids == [r[0] for r in records]
+    assert data.dtype == torch.float32 and data.shape == (10, 768)
+    torch.testing.assert_close(data, torch.stack([manual_dna(dna, s) for s in seqs]), atol=1e-5, rtol=0)
+    saved = torch.load(out, weights_only=True)
+    assert saved["nucleotide"] == ids
+    assert units.load_dna_features(out)[0] == ids
+
+
+def test_extract_with_loaded_models_never_calls_from_pretrained(esm, dna, tmp_path, no_loading, monkeypatch):
+    proteins = random_proteins(5, 13)
+    pfasta = write_fasta(tmp_path / "p.faa", [(f"p{i}", p) for i, p in enumerate(proteins)])
+    ids, data = units.extract_esm(pfasta, out_file=tmp_path / "p.pt", model_loaded=True, model=esm.model,
+                                  alphabet=esm.tokenizer, progress=False)
+    assert ids == [f"p{i}" for i in range(5)]
+    torch.testing.assert_close(data, torch.stack([manual_protein(esm, p) for p in proteins]), atol=1e-5, rtol=0)
+    # the original passed the alphabet; without it, model.tokenizer is used
+    ids2, data2 = units.extract_esm(pfasta, out_file=None, model_loaded=True, model=esm.model, progress=False)
+    torch.testing.assert_close(data2, data)
+
+    seqs = random_dnas(5, 13)
+    nfasta = write_fasta(tmp_path / "n.fa", [(f"n{i}", s) for i, s in enumerate(seqs)])
+    ids, data = units.extract_DNABERT_S(nfasta, tmp_path / "n.pt", True, dna.tokenizer, dna.model, progress=False)
+    assert ids == [f"n{i}" for i in range(5)]
+    torch.testing.assert_close(data, torch.stack([manual_dna(dna, s) for s in seqs]), atol=1e-5, rtol=0)
+
+
+def test_extract_esm_reuses_only_valid_matching_out_file(esm, esm_model_dir, tmp_path, monkeypatch):
+    proteins = random_proteins(4, 14)
+    fasta = write_fasta(tmp_path / "p.faa", [(f"p{i}", p) for i, p in enumerate(proteins)])
+    out = tmp_path / "p.pt"
+    location = str(esm_model_dir)
+    ids, real = units.extract_esm(fasta, model_location=location, out_file=out, device="cpu", progress=False)
+    name = torch.load(out, weights_only=True)["model"]
+
+    def run() -> torch.Tensor:
+        return units.extract_esm(fasta, model_location=location, out_file=out, device="cpu", progress=False)[1]
+
+    sentinel = torch.zeros(4, 64)
+    torch.save({"proteins": ids, "data": sentinel, "model": name}, out)
+    torch.testing.assert_close(run(), sentinel)  # valid file of the same model and ids: reused
+
+    for stale in (
+        {"proteins": ids, "data": sentinel, "model": "some/other-model"},       # another model
+        {"proteins": ids[::-1], "data": sentinel, "model": name},                # other ids / order
+        {"proteins": ids[:3], "data": sentinel[:3], "model": name},             # fewer ids
+        {"proteins": ids, "data": [t for t in sentinel]},                        # original format, no model
+        {"proteins": ids, "data": torch.full((4, 64), float("nan")), "model": name},
+        {"nucleotide": ids, "data": sentinel, "model": name},                    # wrong kind
+    ):
+        torch.save(stale, out)
+        torch.testing.assert_close(run(), real, atol=1e-5, rtol=0)
+        assert torch.load(out, weights_only=True)["model"] == name
+    out.write_bytes(b"not a torch file")
+    torch.testing.assert_close(run(), real, atol=1e-5, rtol=0)
+
+
+def test_extract_dnabert_reuses_only_valid_matching_out_file(dna, dnabert_model_dir, tmp_path):
+    seqs = random_dnas(3, 15)
+    fasta = write_fasta(tmp_path / "n.fa", [(f"n{i}", s) for i, s in enumerate(seqs)])
+    out = tmp_path / "n.pt"
+    location = str(dnabert_model_dir)
+    ids, real = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)
+    name = torch.load(out, weights_only=True)["model"]
+    sentinel = torch.zeros(3, 768)
+    torch.save({"nucleotide": ids, "data": sentinel, "model": name}, out)
+    got = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)[1]
+    torch.testing.assert_close(got, sentinel)
+    torch.save({"nucleotide": ids, "data": sentinel, "model": "other"}, out)
+    got = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)[1]
+    torch.testing.assert_close(got, real, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["protein", "dna"])
+def test_extract_rejects_duplicate_ids(kind, esm_model_dir, dnabert_model_dir, tmp_path):
+    if kind == "protein":
+        fasta = write_fasta(tmp_path / "d.faa", [("a", "MKV"), ("b", "MKW"), ("a", "MKL")])
+        with pytest.raises(units.InputError, match="duplicate"):
+            units.extract_esm(fasta, model_location=str(esm_model_dir), out_file=tmp_path / "o.pt",
+                              device="cpu", progress=False)
+    else:
+        fasta = write_fasta(tmp_path / "d.fa", [("a", "ACGT"), ("a", "ACGG")])
+        with pytest.raises(units.InputError, match="duplicate"):
+            units.extract_DNABERT_S(fasta, tmp_path / "o.pt", model_location=str(dnabert_model_dir),
+                                    device="cpu", progress=False)
+    assert not (tmp_path / "o.pt").exists()
+
+
+@pytest.mark.parametrize("kind", ["protein", "dna"])
+def test_corrupt_weights_file_raises_model_load_error(kind, esm_model_dir, dnabert_model_dir, tmp_path):
+    """A truncated/corrupt model.safetensors (e.g. an interrupted download) is a user-fixable problem."""
+    source, loader = (esm_model_dir, units.load_protein_model) if kind == "protein" else \
+        (dnabert_model_dir, units.load_dnabert_model)
+    broken = standins.copy_model_dir(source, tmp_path / f"{kind}_corrupt_weights")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(units.ModelLoadError, match=f"{kind}_corrupt_weights"):
+        loader(str(broken), "cpu")
