@@ -60,17 +60,6 @@ HASH_BLOCK = 1 << 20
 # ---------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
-    return value
-
-
 def build_parser() -> units.CliArgumentParser:
     parser = units.CliArgumentParser(
         prog=PROG,
@@ -79,7 +68,7 @@ def build_parser() -> units.CliArgumentParser:
                "(uses 300_model_fastesm650.pth; train one with train.py)",
     )
     parser.add_argument("input", type=Path, help="DNA FASTA file to score, plain or gzip-compressed")
-    parser.add_argument("length", type=positive_int, metavar="LENGTH",
+    parser.add_argument("length", type=units.positive_int, metavar="LENGTH",
                         help="chunk length in bp (300 or 500; must match the model's chunk size)")
     parser.add_argument("outdir", type=Path, metavar="OUTDIR", help="directory for the results (created)")
     parser.add_argument("--model", type=Path, default=None,
@@ -91,9 +80,9 @@ def build_parser() -> units.CliArgumentParser:
                         help="DNA language model: hub id or local directory")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--fp32", action="store_true", help="run the protein model in fp32 on CUDA (default fp16)")
-    parser.add_argument("--batch-tokens", type=positive_int, default=units.DEFAULT_BATCH_TOKENS,
+    parser.add_argument("--batch-tokens", type=units.positive_int, default=units.DEFAULT_BATCH_TOKENS,
                         help="padded tokens per language-model batch (lower it if GPU memory is short)")
-    parser.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_CHUNKS,
+    parser.add_argument("--shard-size", type=units.positive_int, default=DEFAULT_SHARD_CHUNKS,
                         help="chunks per shard: the unit of streaming and of resuming after a crash")
     parser.add_argument("--keep-features", action="store_true",
                         help="keep the merged feature files in OUTDIR/features/")

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import gzip
 import logging
-import math
 import os
 import pickle
 import pickletools
@@ -52,7 +51,7 @@ __all__ = [
     # classifier
     "MLPClassifier", "save_checkpoint", "load_checkpoint", "describe_legacy_checkpoint",
     # command-line plumbing
-    "CliArgumentParser", "setup_logging", "run_cli", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE",
+    "CliArgumentParser", "positive_int", "setup_logging", "run_cli", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE",
 ]
 
 log = logging.getLogger("virnucpro")
@@ -230,6 +229,10 @@ def write_fasta_record(handle: IO[str], record_id: str, seq: str, width: int | N
         handle.write("\n")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temporary file beside ``path`` and rename it into place on success."""
@@ -238,6 +241,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         if "b" in mode:
             handle = open(tmp, mode)
@@ -1108,6 +1112,17 @@ class CliArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
+    return value
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:

@@ -1,0 +1,351 @@
+"""Extract and merge DNABERT-S + FastESM2 features for training VirNucPro.
+
+    python features_extract.py [--data-dir data] [--sequences-per-file 10000] [options]
+
+Finds the ``*identified_nucleotide.fa`` files made by make_train_dataset_300.py
+under the data directory.  Files under ``data/viral*`` are viral; the others are
+host sequences grouped by category (vertebrate, protozoa, plant, invertebrate,
+fungi, bacteria, archaea).  Each file and its ``identified_protein.fa`` twin are
+split into ``output_{k}.fa`` files of ``--sequences-per-file`` sequences in a
+sibling folder (``X.identified_nucleotide/``, ``X.identified_protein/``); only
+full files are used.  Every viral split is used; host splits are sampled (seeded)
+to ceil(n_viral / 7) per category, then down to n_viral in total.  For each used
+split the DNABERT-S features (``output_{k}_DNABERT_S.pt``) and protein features
+(``output_{k}_ESM.pt``) are computed and merged into
+``data/data_merge/<name>_merged/output_{k}_merged.pt`` (viral files go to
+``viral.1.1_merged``, the folder train.py reads as viral).
+
+DNABERT-S feature files left by the original pipeline are reused as they are when
+they hold the split's sequence ids; protein features are recomputed unless they were
+made by the same protein model for the same ids.  Merged files already made by the
+same models for the same split are kept unless ``--force``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+import units
+
+log = logging.getLogger("virnucpro.features_extract")
+
+PROG = "features_extract.py"
+NUCLEOTIDE_SUFFIX = "identified_nucleotide.fa"
+PROTEIN_SUFFIX = "identified_protein.fa"
+VIRAL_PREFIX = "viral"
+HOST_CATEGORIES = ("vertebrate", "protozoa", "plant", "invertebrate", "fungi", "bacteria", "archaea")
+MERGE_DIR_NAME = "data_merge"
+VIRAL_MERGED_DIR_NAME = "viral.1.1_merged"  # the folder name train.py reads as viral
+VIRAL_MAIN_NAME = "viral.1.1"
+DEFAULT_SEQUENCES_PER_FILE = 10000
+DEFAULT_SEED = 42
+
+
+@dataclass(frozen=True)
+class Source:
+    """One ``X.identified_nucleotide.fa`` file and what it is."""
+
+    nucleotide: Path
+    kind: str  # 'viral' or 'host'
+    category: str
+
+    @property
+    def name(self) -> str:
+        """``X`` without the trailing dot: ``viral.1.1``."""
+        return self.nucleotide.name[: -len(NUCLEOTIDE_SUFFIX)].rstrip(".") or self.nucleotide.name
+
+    @property
+    def protein(self) -> Path:
+        return self.nucleotide.with_name(self.nucleotide.name[: -len(NUCLEOTIDE_SUFFIX)] + PROTEIN_SUFFIX)
+
+    @property
+    def nucleotide_split_dir(self) -> Path:
+        return self.nucleotide.with_suffix("")
+
+    @property
+    def protein_split_dir(self) -> Path:
+        return self.protein.with_suffix("")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One full ``output_{k}.fa`` split of a source, and where its features go."""
+
+    source: Source
+    index: int
+    merged: Path
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    @property
+    def nucleotide(self) -> Path:
+        return self.source.nucleotide_split_dir / f"output_{self.index}.fa"
+
+    @property
+    def protein(self) -> Path:
+        return self.source.protein_split_dir / f"output_{self.index}.fa"
+
+    @property
+    def dna_features(self) -> Path:
+        return self.source.nucleotide_split_dir / f"output_{self.index}_DNABERT_S.pt"
+
+    @property
+    def protein_features(self) -> Path:
+        return self.source.protein_split_dir / f"output_{self.index}_ESM.pt"
+
+
+def build_parser() -> units.CliArgumentParser:
+    parser = units.CliArgumentParser(
+        prog=PROG,
+        description="Compute DNABERT-S + FastESM2 features of the training sequences and merge them "
+                    "into DATA_DIR/data_merge/ for train.py.",
+        epilog="Example: python features_extract.py --data-dir data --device cuda",
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data"),
+                        help="folder with the *identified_nucleotide.fa / *identified_protein.fa files "
+                             "made by make_train_dataset_300.py")
+    parser.add_argument("--sequences-per-file", type=units.positive_int, default=DEFAULT_SEQUENCES_PER_FILE,
+                        help="sequences per split file (the unit of sampling; a last, shorter file is not used)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the host-file sampling")
+    parser.add_argument("--esm-model", default=units.FASTESM_MODEL,
+                        help="protein language model: hub id or local directory")
+    parser.add_argument("--dnabert-model", default=units.DNABERT_S_MODEL,
+                        help="DNA language model: hub id or local directory")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--fp32", action="store_true", help="run the protein model in fp32 on CUDA instead of fp16")
+    parser.add_argument("--batch-tokens", type=units.positive_int, default=units.DEFAULT_BATCH_TOKENS,
+                        help="padded tokens per language-model batch (lower it if GPU memory is short)")
+    parser.add_argument("--force", action="store_true",
+                        help="remake merged files that already exist (feature files are still reused "
+                             "when they hold the same ids and model; delete them to recompute)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# Finding and splitting the inputs
+# ---------------------------------------------------------------------------
+
+
+def find_sources(data_dir: Path) -> list[Source]:
+    """The identified nucleotide files under ``data_dir``, classified, in sorted order."""
+    if not data_dir.is_dir():
+        raise units.InputError(f"{data_dir}: data directory not found")
+    merge_dir = data_dir / MERGE_DIR_NAME
+    sources = []
+    for path in sorted(data_dir.rglob(f"*{NUCLEOTIDE_SUFFIX}")):
+        if not path.is_file() or merge_dir in path.parents:
+            continue
+        relative = path.relative_to(data_dir).as_posix()
+        if relative.startswith(VIRAL_PREFIX):
+            sources.append(Source(path, "viral", VIRAL_PREFIX))
+            continue
+        category = next((c for c in HOST_CATEGORIES if relative.startswith(c)), None)
+        if category is None:
+            log.warning("%s: neither viral nor a known host category (%s); not used",
+                        path, ", ".join(HOST_CATEGORIES))
+            continue
+        sources.append(Source(path, "host", category))
+    if not sources:
+        raise units.InputError(f"{data_dir}: no *{NUCLEOTIDE_SUFFIX} files found "
+                               "(make them with make_train_dataset_300.py)")
+    return sources
+
+
+def count_records(path: Path) -> int:
+    with units.open_text(path) as handle:
+        return sum(1 for line in handle if line.startswith(">"))
+
+
+def split_source(source: Source, sequences_per_file: int) -> list[int]:
+    """Split a source and its protein twin; return the indices of the full split files."""
+    if not source.protein.is_file():
+        raise units.InputError(f"{source.protein}: not found (the protein twin of {source.nucleotide})")
+    nucleotide_files = units.split_fasta_file(source.nucleotide, source.nucleotide_split_dir, sequences_per_file)
+    protein_files = units.split_fasta_file(source.protein, source.protein_split_dir, sequences_per_file)
+    counts = [count_records(p) for p in nucleotide_files]
+    protein_counts = [count_records(p) for p in protein_files]
+    if counts != protein_counts:
+        raise units.InputError(f"{source.protein} has {sum(protein_counts)} sequences but "
+                               f"{source.nucleotide} has {sum(counts)}; remake both with "
+                               "make_train_dataset_300.py --force")
+    full = [k for k, n in enumerate(counts, start=1) if n == sequences_per_file]
+    log.info("%s: %d sequences, %d full split file(s) of %d", source.nucleotide, sum(counts), len(full),
+             sequences_per_file)
+    return full
+
+
+def merged_path(data_dir: Path, source: Source, index: int, viral_sources: int) -> Path:
+    merge_dir = data_dir / MERGE_DIR_NAME
+    if source.kind == "viral":
+        if viral_sources == 1 or source.name == VIRAL_MAIN_NAME:
+            return merge_dir / VIRAL_MERGED_DIR_NAME / f"output_{index}_merged.pt"
+        return merge_dir / VIRAL_MERGED_DIR_NAME / f"{source.name}.output_{index}_merged.pt"
+    return merge_dir / f"{source.name}_merged" / f"output_{index}_merged.pt"
+
+
+def select_splits(data_dir: Path, sources: list[Source], sequences_per_file: int, seed: int,
+                  progress: bool = False) -> list[Split]:
+    """Every full viral split plus a seeded sample of as many host splits."""
+    viral_sources = sum(1 for s in sources if s.kind == "viral")
+    if viral_sources == 0:
+        raise units.InputError(f"{data_dir}: no viral *{NUCLEOTIDE_SUFFIX} file (expected under "
+                               f"{data_dir / VIRAL_PREFIX}*)")
+    viral: list[Split] = []
+    hosts: dict[str, list[Split]] = {c: [] for c in HOST_CATEGORIES}
+    for source in tqdm(sources, desc="splitting", unit="file", disable=not progress):
+        for index in split_source(source, sequences_per_file):
+            split = Split(source, index, merged_path(data_dir, source, index, viral_sources))
+            (viral if source.kind == "viral" else hosts[source.category]).append(split)
+    if not viral:
+        raise units.InputError(f"{data_dir}: the viral files hold fewer than {sequences_per_file} sequences "
+                               "each, so no full split file; lower --sequences-per-file")
+    rng = random.Random(seed)
+    per_category = math.ceil(len(viral) / len(HOST_CATEGORIES))
+    pool: list[Split] = []
+    short = []
+    for category in HOST_CATEGORIES:
+        available = hosts[category]
+        if len(available) < per_category:
+            short.append(f"{category} {len(available)}")
+        pool.extend(rng.sample(available, min(per_category, len(available))))
+    if short:
+        log.warning("fewer full host split files than the %d per category asked for (%s); all of those "
+                    "are used", per_category, ", ".join(short))
+    if len(pool) < len(viral):
+        log.warning("only %d host split file(s) for %d viral ones: the training set is unbalanced",
+                    len(pool), len(viral))
+    chosen = rng.sample(pool, min(len(viral), len(pool)))
+    order = {c: i for i, c in enumerate(HOST_CATEGORIES)}
+    chosen.sort(key=lambda s: (order[s.source.category], s.source.nucleotide, s.index))
+    merged = [s.merged for s in viral + chosen]
+    if len(set(merged)) != len(merged):
+        duplicate = next(m for m in merged if merged.count(m) > 1)
+        raise units.InputError(f"{duplicate}: two input files would write this merged file; "
+                               "give the identified_nucleotide.fa files distinct names")
+    log.info("%d viral and %d host split file(s) selected", len(viral), len(chosen))
+    return viral + chosen
+
+
+# ---------------------------------------------------------------------------
+# Features
+# ---------------------------------------------------------------------------
+
+
+def fasta_ids(path: Path, alphabet: str) -> list[str]:
+    return [record.id for record in units.read_fasta(path, alphabet=alphabet)]
+
+
+def _load(path: Path) -> object | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable means "make it again"
+        log.warning("%s: unreadable (%s); it is made again", path, type(exc).__name__)
+        return None
+
+
+def merged_is_current(split: Split, ids: list[str], args: argparse.Namespace) -> bool:
+    """True when the merged file was made from this split by the same models."""
+    if args.force or not split.merged.is_file():
+        return False
+    obj = _load(split.merged)
+    if not isinstance(obj, dict):
+        return False
+    label = [1 if split.kind == "viral" else 0]
+    rows = obj.get("ids")
+    data = obj.get("data")
+    current = (obj.get("dna_model") == str(args.dnabert_model)
+               and obj.get("protein_model") == str(args.esm_model)
+               and obj.get("labels") == label
+               and isinstance(rows, list) and rows and set(rows) <= set(ids)
+               and isinstance(data, torch.Tensor) and data.shape[0] == len(rows))
+    if not current:
+        log.info("%s: made from other sequences or models; it is made again", split.merged)
+    return bool(current)
+
+
+def reusable_legacy_dna_features(split: Split, ids: list[str]) -> bool:
+    """An original-pipeline DNABERT-S file (no 'model' key) holding exactly this split's ids."""
+    path = split.dna_features
+    if not path.is_file():
+        return False
+    obj = _load(path)
+    if not isinstance(obj, dict) or "model" in obj:
+        return False  # new-format files are checked by extract_DNABERT_S itself
+    try:
+        stored_ids, data = units.load_dna_features(obj)
+    except units.FeatureFileError as exc:
+        log.warning("%s: %s; it is made again", path, exc)
+        return False
+    if stored_ids != ids or not bool(torch.isfinite(data).all()):
+        log.warning("%s: holds other sequences than %s (stale); it is made again", path, split.nucleotide)
+        return False
+    log.info("%s: reusing DNABERT-S features from the original pipeline", path)
+    return True
+
+
+def process_split(split: Split, args: argparse.Namespace, progress: bool) -> bool:
+    """Features and merged file of one split; returns False when the merged file was kept."""
+    ids = fasta_ids(split.nucleotide, "dna")
+    if merged_is_current(split, ids, args):
+        log.info("%s: up to date", split.merged)
+        return False
+    if not reusable_legacy_dna_features(split, ids):
+        units.extract_DNABERT_S(split.nucleotide, split.dna_features, model_location=args.dnabert_model,
+                                device=args.device, batch_tokens=args.batch_tokens, progress=progress)
+    units.extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
+                      out_file=split.protein_features, device=args.device,
+                      fp16=False if args.fp32 else None, progress=progress)
+    merged = units.merge_data(split.dna_features, split.protein_features, None, split.kind)
+    merged["dna_model"] = str(args.dnabert_model)
+    merged["protein_model"] = str(args.esm_model)
+    units.atomic_torch_save(merged, split.merged)
+    log.info("%s: %d rows of width %d", split.merged, len(merged["ids"]), merged["data"].shape[1])
+    return True
+
+
+def warn_about_leftovers(splits: list[Split]) -> None:
+    """Merged files of earlier runs that this run did not select would still be read by train.py."""
+    wanted = {s.merged for s in splits}
+    for folder in sorted({s.merged.parent for s in splits}):
+        extra = sorted(p for p in folder.glob("*_merged.pt") if p not in wanted)
+        if extra:
+            log.warning("%s holds %d merged file(s) not selected by this run (e.g. %s); train.py will "
+                        "read them too: remove them for a balanced training set",
+                        folder, len(extra), extra[0].name)
+
+
+def run(args: argparse.Namespace) -> int:
+    units.resolve_device(args.device)  # fail early on a bad --device
+    sources = find_sources(args.data_dir)
+    progress = not args.quiet
+    splits = select_splits(args.data_dir, sources, args.sequences_per_file, args.seed, progress)
+    made = 0
+    for split in tqdm(splits, desc="feature files", unit="file", disable=not progress):
+        made += process_split(split, args, progress)
+    warn_about_leftovers(splits)
+    log.info("%d merged file(s) written, %d up to date, under %s", made, len(splits) - made,
+             args.data_dir / MERGE_DIR_NAME)
+    return units.EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    units.setup_logging(args.quiet, args.verbose)
+    return units.run_cli(PROG, lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
