@@ -600,15 +600,20 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[i
 
 
 def _run_batches(batches: list[list[int]], compute: Callable[[list[int]], torch.Tensor],
-                 out: torch.Tensor, desc: str, progress: bool) -> torch.Tensor:
-    """Fill ``out[i]`` for every batch; on CUDA out-of-memory, split the batch and retry."""
+                 rows: int, width: int, device: torch.device, desc: str, progress: bool) -> torch.Tensor:
+    """Embed every batch into a (rows, width) float32 tensor returned on the CPU.
+
+    Results stay on ``device`` until the end, so on CUDA the host prepares the next
+    batch while the GPU works (one copy back, no per-batch synchronisation).  On CUDA
+    out-of-memory a batch is split in two and retried.
+    """
+    out = torch.empty((rows, width), dtype=torch.float32, device=device)
     pending = list(reversed(batches))
-    total = sum(len(b) for b in batches)
-    with tqdm(total=total, desc=desc, unit="seq", disable=not progress, leave=False) as bar:
+    with tqdm(total=rows, desc=desc, unit="seq", disable=not progress, leave=False) as bar:
         while pending:
             batch = pending.pop()
             try:
-                out[batch] = compute(batch)
+                out[torch.tensor(batch, device=device)] = compute(batch)
             except torch.cuda.OutOfMemoryError:
                 if len(batch) == 1:
                     raise
@@ -618,7 +623,7 @@ def _run_batches(batches: list[list[int]], compute: Callable[[list[int]], torch.
                 pending.extend([batch[half:], batch[:half]])
                 continue
             bar.update(len(batch))
-    return out
+    return out.cpu()
 
 
 _PROTEIN_ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBUZO"
@@ -668,9 +673,8 @@ def embed_proteins(sequences: Sequence[str], loaded: LoadedModel, *,
             token_ids.append([cls_id, *map(residue_id.__getitem__, protein), eos_id])
         except KeyError as exc:
             raise InputError(f"protein '{record_id}': the tokenizer does not know {exc.args[0]}") from None
-    out = torch.empty((len(token_ids), loaded.hidden_size), dtype=torch.float32)
     if not token_ids:
-        return out
+        return torch.empty((0, loaded.hidden_size), dtype=torch.float32)
     model, device = loaded.model, loaded.device
 
     def compute(batch: list[int]) -> torch.Tensor:
@@ -689,10 +693,10 @@ def embed_proteins(sequences: Sequence[str], loaded: LoadedModel, *,
             output = model(input_ids=input_ids, attention_mask=attention)
             hidden = _last_hidden_state(output).float()
             pooled = (hidden * residue_mask.unsqueeze(-1)).sum(1) / residue_mask.sum(1, keepdim=True)
-        return pooled.cpu()
+        return pooled
 
     batches = token_budget_batches([len(t) for t in token_ids], batch_tokens)
-    return _run_batches(batches, compute, out, "protein embeddings", progress)
+    return _run_batches(batches, compute, len(token_ids), loaded.hidden_size, device, "protein embeddings", progress)
 
 
 def _residue_token_ids(tokenizer: Any) -> dict[str, int]:
@@ -733,9 +737,8 @@ def embed_dna(sequences: Sequence[str], loaded: LoadedModel, *, batch_tokens: in
     tokenizer = loaded.tokenizer
     encoded = tokenizer([seq.upper() for seq in sequences])["input_ids"] if sequences else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = torch.empty((len(encoded), loaded.hidden_size), dtype=torch.float32)
     if not encoded:
-        return out
+        return torch.empty((0, loaded.hidden_size), dtype=torch.float32)
     model, device = loaded.model, loaded.device
 
     def compute(batch: list[int]) -> torch.Tensor:
@@ -751,10 +754,10 @@ def embed_dna(sequences: Sequence[str], loaded: LoadedModel, *, batch_tokens: in
             hidden = _last_hidden_state(model(input_ids, attention_mask=attention)).float()
             mask = attention.unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1)
-        return pooled.cpu()
+        return pooled
 
     batches = token_budget_batches([len(t) for t in encoded], batch_tokens)
-    return _run_batches(batches, compute, out, "DNA embeddings", progress)
+    return _run_batches(batches, compute, len(encoded), loaded.hidden_size, device, "DNA embeddings", progress)
 
 
 # ---------------------------------------------------------------------------
@@ -1103,11 +1106,20 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults in --help, except for options whose default is worked out at run time (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class CliArgumentParser(argparse.ArgumentParser):
     """argparse with one-line usage errors (``prog: error: ...``) and exit code 2."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
