@@ -118,14 +118,7 @@ def build_parser() -> units.CliArgumentParser:
     parser.add_argument("--sequences-per-file", type=units.positive_int, default=DEFAULT_SEQUENCES_PER_FILE,
                         help="sequences per split file (the unit of sampling; a last, shorter file is not used)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the host-file sampling")
-    parser.add_argument("--esm-model", default=units.FASTESM_MODEL,
-                        help="protein language model: hub id or local directory")
-    parser.add_argument("--dnabert-model", default=units.DNABERT_S_MODEL,
-                        help="DNA language model: hub id or local directory")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--fp32", action="store_true", help="run the protein model in fp32 on CUDA instead of fp16")
-    parser.add_argument("--batch-tokens", type=units.positive_int, default=units.DEFAULT_BATCH_TOKENS,
-                        help="padded tokens per language-model batch (lower it if GPU memory is short)")
+    units.add_model_arguments(parser)
     parser.add_argument("--force", action="store_true",
                         help="remake merged files that already exist (feature files are still reused "
                              "when they hold the same ids and model; delete them to recompute)")

@@ -74,14 +74,7 @@ def build_parser() -> units.CliArgumentParser:
     parser.add_argument("--model", type=Path, default=None,
                         help="classifier checkpoint (default: {LENGTH}_model_fastesm650.pth in the "
                              "current directory, then next to this script)")
-    parser.add_argument("--esm-model", default=units.FASTESM_MODEL,
-                        help="protein language model: hub id or local directory")
-    parser.add_argument("--dnabert-model", default=units.DNABERT_S_MODEL,
-                        help="DNA language model: hub id or local directory")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--fp32", action="store_true", help="run the protein model in fp32 on CUDA (default fp16)")
-    parser.add_argument("--batch-tokens", type=units.positive_int, default=units.DEFAULT_BATCH_TOKENS,
-                        help="padded tokens per language-model batch (lower it if GPU memory is short)")
+    units.add_model_arguments(parser)
     parser.add_argument("--shard-size", type=units.positive_int, default=DEFAULT_SHARD_CHUNKS,
                         help="chunks per shard: the unit of streaming and of resuming after a crash")
     parser.add_argument("--keep-features", action="store_true",

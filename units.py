@@ -51,7 +51,7 @@ __all__ = [
     # classifier
     "MLPClassifier", "save_checkpoint", "load_checkpoint", "describe_legacy_checkpoint",
     # command-line plumbing
-    "CliArgumentParser", "positive_int", "setup_logging", "run_cli", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE",
+    "CliArgumentParser", "add_model_arguments", "positive_int", "setup_logging", "run_cli", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE",
 ]
 
 log = logging.getLogger("virnucpro")
@@ -1124,6 +1124,17 @@ class CliArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The language-model options shared by the scripts that embed sequences."""
+    group = parser.add_argument_group("language models")
+    group.add_argument("--esm-model", default=FASTESM_MODEL, help="protein language model: hub id or local directory")
+    group.add_argument("--dnabert-model", default=DNABERT_S_MODEL, help="DNA language model: hub id or local directory")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--fp32", action="store_true", help="run the protein model in fp32 on CUDA instead of fp16")
+    group.add_argument("--batch-tokens", type=positive_int, default=DEFAULT_BATCH_TOKENS,
+                       help="padded tokens per language-model batch (lower it if GPU memory is short)")
 
 
 def positive_int(text: str) -> int:
