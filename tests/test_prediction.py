@@ -360,3 +360,23 @@ def test_peak_memory_does_not_grow_with_input(tmp_path, esm_model_dir, dnabert_m
                               "--shard-size", "100"))
            for fasta in (small, large)]
     assert rss[1] < rss[0] * 1.10 + 20 * 1024, rss
+
+
+class _RunsCode:
+    """Unpickling this would create a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_malicious_checkpoint_is_refused_and_never_runs(run, tmp_path, golden_dir, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "300_model_fastesm650.pth"
+    torch.save({"format_version": 2, "payload": _RunsCode(marker)}, evil)
+    assert run(golden_dir / "reads.fa", 300, tmp_path / "out", model=evil) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a VirNucPro-FastESM checkpoint" in err and len(err.splitlines()) == 1
+    assert not marker.exists()
