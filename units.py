@@ -1060,7 +1060,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``), in eval mode.
 
     Legacy pickled models and any other file are refused with :class:`CheckpointError`;
-    nothing is ever unpickled with ``weights_only=False``.
+    nothing is ever unpickled outside the weights-only loader.
     """
     path = Path(path)
     if not path.exists():
