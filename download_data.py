@@ -54,8 +54,6 @@ def build_parser() -> units.CliArgumentParser:
     parser.add_argument("--base-url", default=RELEASE_URL, help="RefSeq release folder")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds to wait for the server before giving up")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 

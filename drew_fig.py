@@ -68,8 +68,6 @@ def build_parser() -> units.CliArgumentParser:
                         help=f"PNG file to write; None: {DEFAULT_FIGURE_NAME} next to RESULTS")
     parser.add_argument("--max-sequences", type=units.positive_int, default=5,
                         help="plot at most this many sequences (the first ones of RESULTS)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 

@@ -122,8 +122,6 @@ def build_parser() -> units.CliArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="remake merged files that already exist (feature files are still reused "
                              "when they hold the same ids and model; delete them to recompute)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
@@ -243,9 +241,9 @@ def fasta_ids(path: Path, alphabet: str) -> list[str]:
 
 def _load(path: Path) -> object | None:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable means "make it again"
-        log.warning("%s: unreadable (%s); it is made again", path, type(exc).__name__)
+        return units.load_feature_object(path)
+    except units.FeatureFileError as exc:  # unreadable means "make it again"
+        log.warning("%s; it is made again", exc)
         return None
 
 

@@ -78,8 +78,6 @@ def build_parser(prog: str, default_chunk_size: int) -> units.CliArgumentParser:
                         help="genome files processed in parallel (output is the same for any value)")
     parser.add_argument("--force", action="store_true",
                         help="remake outputs that already exist (without it, a genome whose two outputs exist is skipped)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 

@@ -81,8 +81,6 @@ def build_parser() -> units.CliArgumentParser:
                         help="keep the merged feature files in OUTDIR/features/")
     parser.add_argument("--force", action="store_true",
                         help="discard earlier results of this program in OUTDIR and start over")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
@@ -236,13 +234,19 @@ class Scorer:
         return out
 
 
-def load_scorer(args: argparse.Namespace, checkpoint_path: Path) -> Scorer:
+def load_classifier(checkpoint_path: Path, length: int) -> tuple[torch.nn.Module, dict]:
+    """The checkpoint, refused before any heavy work when it is foreign, legacy or for another LENGTH."""
     classifier, meta = units.load_checkpoint(checkpoint_path, "cpu")
-    if meta["chunk_size"] != args.length:
+    if meta["chunk_size"] != length:
         raise units.CheckpointError(
             f"{checkpoint_path}: model was trained on {meta['chunk_size']}-bp chunks but LENGTH is "
-            f"{args.length}; use the {args.length}_model_fastesm650.pth model or LENGTH {meta['chunk_size']}")
-    device = units.resolve_device(args.device)
+            f"{length}; use the {length}_model_fastesm650.pth model or LENGTH {meta['chunk_size']}")
+    return classifier, meta
+
+
+def load_scorer(args: argparse.Namespace, checkpoint_path: Path, classifier: torch.nn.Module, meta: dict,
+                device: torch.device) -> Scorer:
+    """Load the two language models and check that their widths fit the classifier."""
     dna = units.load_dnabert_model(args.dnabert_model, device)
     protein = units.load_protein_model(args.esm_model, device, fp16=not args.fp32)
     if (dna.hidden_size, protein.hidden_size) != (meta["dna_dim"], meta["protein_dim"]):
@@ -337,9 +341,8 @@ def summary_row(info: SequenceInfo, best: dict[str, list[np.float32]]) -> list[s
 # ---------------------------------------------------------------------------
 
 
-def run_settings(args: argparse.Namespace, checkpoint: Path) -> dict:
+def run_settings(args: argparse.Namespace, checkpoint: Path, device: torch.device) -> dict:
     """Everything that determines the output bytes; a rerun must match it to resume."""
-    device = units.resolve_device(args.device)
     return {
         "manifest_version": MANIFEST_VERSION,
         "input_sha256": file_sha256(args.input),
@@ -453,23 +456,21 @@ def finalise(outdir: Path, work: Path, shard_count: int, stem: str, length: int)
 
 
 def predict(args: argparse.Namespace) -> int:
-    if not args.input.exists():
-        raise units.InputError(f"{args.input}: no such file")
-    if args.input.is_dir():
-        raise units.InputError(f"{args.input}: is a directory, expected a FASTA file")
+    units.check_input_file(args.input)
     prepare_outdir(args.outdir)
     checkpoint = find_checkpoint(args.model, args.length)
-    units.load_checkpoint(checkpoint)  # refuse a foreign/legacy checkpoint before any heavy work
+    classifier, meta = load_classifier(checkpoint, args.length)
+    device = units.resolve_device(args.device)
     # A first pass validates the whole input, so bad records are reported before models load.
     for _ in units.read_fasta(args.input, alphabet="dna"):
         pass
     stem = input_stem(args.input)
-    settings = run_settings(args, checkpoint)
+    settings = run_settings(args, checkpoint, device)
     work, finished = open_run(args.outdir, settings, args.force, stem, args.length)
     if finished:
         log.info("%s is complete already (use --force to recompute)", args.outdir)
         return units.EXIT_OK
-    scorer = load_scorer(args, checkpoint)
+    scorer = load_scorer(args, checkpoint, classifier, meta, device)
     features_dir = args.outdir / FEATURES_DIR_NAME if args.keep_features else None
     label_map = scorer.meta["label_map"]
     shard_count = 0

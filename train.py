@@ -147,8 +147,6 @@ def build_parser() -> units.CliArgumentParser:
     out.add_argument("--esm-model", dest="esm_model", default=None,
                      help="protein language model name recorded in the checkpoint (default: the name "
                           f"recorded in the merged files, else {units.FASTESM_MODEL})")
-    out.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    out.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
@@ -216,19 +214,6 @@ def find_merged_files(data_dir: Path, viral_dir: str) -> list[tuple[Path, int]]:
     return [(p, VIRAL_LABEL) for p in viral] + [(p, HOST_LABEL) for p in host]
 
 
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)``, memory-mapped when the file format allows it."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - old (non-zip) files cannot be memory-mapped; load them plainly
-        pass
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise units.FeatureFileError(f"{path}: cannot be read as a merged feature file ({reason[:200]})") from None
-
-
 def _as_matrix(path: Path, data: Any) -> torch.Tensor:
     if isinstance(data, (list, tuple)):
         if not data:
@@ -277,7 +262,7 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
     groups: list[np.ndarray] = []
     has_ids = True
     for path, label in tqdm(files, desc="reading features", unit="file", disable=not progress):
-        obj = _torch_load(path)
+        obj = units.load_feature_object(path, "merged feature file", mmap=True)
         if not isinstance(obj, dict) or "data" not in obj:
             raise units.FeatureFileError(f"{path}: not a merged feature file (a dict with 'ids' and 'data' "
                                          "expected)")

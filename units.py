@@ -40,14 +40,14 @@ __all__ = [
     # errors
     "VirNucProError", "InputError", "FeatureFileError", "CheckpointError", "ModelLoadError",
     # FASTA I/O
-    "FastaRecord", "read_fasta", "open_text", "write_fasta_record", "atomic_write", "atomic_torch_save",
+    "FastaRecord", "check_input_file", "read_fasta", "open_text", "write_fasta_record", "atomic_write", "atomic_torch_save",
     # preprocessing (original names)
     "split_fasta_chunk", "chunk_sequence", "create_refseq_pro_list", "reverse_complement",
     "translate_dna", "seq_in_reflist", "identify_seq", "process_record", "split_fasta_file",
     # models and features
     "resolve_device", "load_protein_model", "load_dnabert_model", "token_budget_batches",
     "embed_proteins", "embed_dna", "extract_DNABERT_S", "extract_esm",
-    "load_dna_features", "load_protein_features", "merge_data",
+    "load_feature_object", "load_dna_features", "load_protein_features", "merge_data",
     # classifier
     "MLPClassifier", "save_checkpoint", "load_checkpoint", "describe_legacy_checkpoint",
     # command-line plumbing
@@ -123,7 +123,8 @@ def open_text(path: str | os.PathLike, mode: str = "r") -> IO[str]:
     return open(path, mode, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n")
 
 
-def _check_input_path(path: Path) -> None:
+def check_input_file(path: Path) -> None:
+    """Raise :class:`InputError` unless ``path`` is an existing, readable file."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -144,7 +145,7 @@ def read_fasta(path: str | os.PathLike, *, alphabet: str | None = "dna",
     records (unless ``allow_empty``); truncated gzip streams are reported too.
     """
     path = Path(path)
-    _check_input_path(path)
+    check_input_file(path)
     seen: set[str] | None = set() if check_duplicates else None
     count = 0
     try:
@@ -765,15 +766,24 @@ def embed_dna(sequences: Sequence[str], loaded: LoadedModel, *, batch_tokens: in
 # ---------------------------------------------------------------------------
 
 
-def _torch_load_safe(path: str | os.PathLike, what: str) -> Any:
+def load_feature_object(path: str | os.PathLike, what: str = "feature file", *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, or :class:`FeatureFileError` naming the file.
+
+    With ``mmap`` the tensors are memory-mapped when the file format allows it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FeatureFileError(f"{path}: {what} not found")
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - old (non-zip) files cannot be memory-mapped; load them plainly
+            pass
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not usable
         raise FeatureFileError(f"{path}: not a readable {what} ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
 
 
 def _rows_to_tensor(path: Path, rows: Any, what: str) -> torch.Tensor:
@@ -799,7 +809,7 @@ def _rows_to_tensor(path: Path, rows: Any, what: str) -> torch.Tensor:
 
 def _load_features(source: str | os.PathLike | dict, id_key: str, what: str) -> tuple[list[str], torch.Tensor, dict]:
     path = Path("<memory>") if isinstance(source, dict) else Path(source)
-    obj = source if isinstance(source, dict) else _torch_load_safe(path, what)
+    obj = source if isinstance(source, dict) else load_feature_object(path, what)
     if not isinstance(obj, dict) or id_key not in obj or "data" not in obj:
         raise FeatureFileError(f"{path}: not a {what} (expected keys '{id_key}' and 'data')")
     ids = [str(i) for i in obj[id_key]]
@@ -1116,11 +1126,13 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class CliArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (``prog: error: ...``) and exit code 2."""
+    """argparse with one-line usage errors (``prog: error: ...``, exit code 2) and -q/-v options."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+        self.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+        self.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
