@@ -156,14 +156,14 @@ class SequenceInfo:
 class Shard:
     index: int
     sequences: list[SequenceInfo] = field(default_factory=list)
-    chunk_fasta: list[str] = field(default_factory=list)
+    chunks: list[tuple[str, str]] = field(default_factory=list)  # (chunk id, chunk as in the input)
     frame_ids: list[str] = field(default_factory=list)
     nucleotides: list[str] = field(default_factory=list)
     proteins: list[str] = field(default_factory=list)
 
     @property
     def chunk_count(self) -> int:
-        return sum(len(s.chunk_ids) for s in self.sequences)
+        return len(self.chunks)
 
 
 def iter_shards(input_path: Path, chunk_size: int, shard_chunks: int) -> Iterator[tuple[int, list[units.FastaRecord]]]:
@@ -185,15 +185,12 @@ def iter_shards(input_path: Path, chunk_size: int, shard_chunks: int) -> Iterato
 def preprocess_shard(index: int, records: list[units.FastaRecord], chunk_size: int) -> Shard:
     """Chunk, translate and select frames for the records of one shard (CPU only)."""
     shard = Shard(index)
-    upper_chunks: list[tuple[str, str]] = []
     for record in records:
         chunks = units.chunk_sequence(record.seq, chunk_size)
         chunk_ids = [f"{record.id}_chunk_{k}" for k in range(1, len(chunks) + 1)]
         shard.sequences.append(SequenceInfo(record.id, len(record.seq), chunk_ids))
-        for chunk_id, chunk in zip(chunk_ids, chunks):
-            shard.chunk_fasta.append(chunk_id)
-            shard.chunk_fasta.append(chunk)
-            upper_chunks.append((chunk_id, chunk.upper()))
+        shard.chunks.extend(zip(chunk_ids, chunks))
+    upper_chunks = [(chunk_id, chunk.upper()) for chunk_id, chunk in shard.chunks]
     for frame_id, nucleotide, protein in seqframes.select_frames(upper_chunks):
         shard.frame_ids.append(frame_id)
         shard.nucleotides.append(nucleotide)
@@ -273,7 +270,7 @@ def write_shard(work: Path, shard: Shard, probabilities: np.ndarray, label_map: 
                 features: torch.Tensor | None, features_dir: Path | None, meta: dict) -> None:
     """Write every file of one shard atomically, then its ``done`` marker."""
     with units.atomic_write(shard_path(work, shard.index, "chunked.fa")) as handle:
-        for chunk_id, chunk in zip(shard.chunk_fasta[::2], shard.chunk_fasta[1::2]):
+        for chunk_id, chunk in shard.chunks:
             units.write_fasta_record(handle, chunk_id, chunk)
     with units.atomic_write(shard_path(work, shard.index, "nucleotide.fa")) as handle:
         handle.writelines(f">{i}\n{s}\n" for i, s in zip(shard.frame_ids, shard.nucleotides))
