@@ -23,7 +23,9 @@ from urllib.parse import urljoin, urlparse
 import requests
 from tqdm.auto import tqdm
 
-import units
+from virnucpro import cli
+from virnucpro.errors import DataSourceError, VirNucProError
+from virnucpro.files import atomic_write
 
 log = logging.getLogger("virnucpro.download_data")
 
@@ -41,8 +43,8 @@ BLOCK_SIZE = 1 << 16
 DEFAULT_TIMEOUT = 60.0
 
 
-def build_parser() -> units.CliArgumentParser:
-    parser = units.CliArgumentParser(
+def build_parser() -> cli.CliArgumentParser:
+    parser = cli.CliArgumentParser(
         prog=PROG,
         description="Download the RefSeq viral release and a seeded sample of host genomes for training.",
         epilog="Example: python download_data.py --out-dir data && python make_train_dataset_300.py",
@@ -69,7 +71,7 @@ def list_genomic_links(session: Any, url: str, timeout: float) -> list[str]:
     try:
         from bs4 import BeautifulSoup
     except ImportError:
-        raise units.VirNucProError("beautifulsoup4 is not installed (pip install beautifulsoup4)") from None
+        raise VirNucProError("beautifulsoup4 is not installed (pip install beautifulsoup4)") from None
     response = session.get(url, timeout=timeout)
     response.raise_for_status()
     soup = BeautifulSoup(response.content, "html.parser")
@@ -102,7 +104,7 @@ def plan_downloads(session: Any, base_url: str, seed: int, timeout: float) -> li
 def local_path(url: str, out_dir: Path) -> Path:
     name = PurePosixPath(urlparse(url).path).name
     if not name or name in (".", ".."):
-        raise units.VirNucProError(f"{url}: no file name in the URL")
+        raise VirNucProError(f"{url}: no file name in the URL")
     return out_dir / name
 
 
@@ -131,7 +133,7 @@ def download_file(session: Any, url: str, out_dir: Path, timeout: float, progres
         response.raise_for_status()
         expected = _content_length(response) or remote_size
         written = 0
-        with units.atomic_write(target, "wb") as handle, tqdm(
+        with atomic_write(target, "wb") as handle, tqdm(
                 desc=target.name, total=expected, unit="B", unit_scale=True, unit_divisor=1024,
                 disable=not progress, leave=False) as bar:
             for block in response.iter_content(chunk_size=BLOCK_SIZE):
@@ -140,18 +142,18 @@ def download_file(session: Any, url: str, out_dir: Path, timeout: float, progres
                     written += len(block)
                     bar.update(len(block))
             if expected is not None and written != expected:
-                raise units.VirNucProError(f"{url}: download incomplete ({written} of {expected} bytes); "
-                                           "run again to retry")
+                raise DataSourceError(f"{url}: download incomplete ({written} of {expected} bytes); "
+                                      "run again to retry")
     log.info("%s: downloaded (%d bytes)", target, written)
     return True
 
 
-def _network_error(exc: requests.RequestException) -> units.VirNucProError:
+def _network_error(exc: requests.RequestException) -> DataSourceError:
     url = getattr(getattr(exc, "request", None), "url", None)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = f" ({url})" if url and url not in text else ""
-    return units.VirNucProError(f"network error{where}: {text}; check the connection and run again "
-                                "(finished files are kept)")
+    return DataSourceError(f"network error{where}: {text}; check the connection and run again "
+                           "(finished files are kept)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,11 +167,11 @@ def run(args: argparse.Namespace) -> int:
                 state = "  (present)" if target.is_file() else ""
                 print(f"{url}\t{target}{state}")
             log.info("%d file(s) would be downloaded to %s", len(urls), args.out_dir)
-            return units.EXIT_OK
+            return cli.EXIT_OK
         try:
             args.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise units.VirNucProError(f"{args.out_dir}: cannot create folder ({exc.strerror})") from None
+            raise VirNucProError(f"{args.out_dir}: cannot create folder ({exc.strerror})") from None
         fetched = 0
         for url in tqdm(urls, desc="files", unit="file", disable=not progress):
             fetched += download_file(session, url, args.out_dir, args.timeout, progress)
@@ -180,13 +182,12 @@ def run(args: argparse.Namespace) -> int:
         if close:
             close()
     log.info("%d file(s) downloaded, %d already present, in %s", fetched, len(urls) - fetched, args.out_dir)
-    return units.EXIT_OK
+    return cli.EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    units.setup_logging(args.quiet, args.verbose)
-    return units.run_cli(PROG, lambda: run(args))
+    """Command-line entry point (see --help)."""
+    return cli.script_main(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import units
+from virnucpro import cli
+from virnucpro.errors import InputError
+from virnucpro.files import atomic_write, open_text
+from virnucpro.frames import chunk_sequence
 
 log = logging.getLogger("virnucpro.drew_fig")
 
@@ -53,20 +56,20 @@ class SequenceScores:
         return self.virus[chunk] >= self.others[chunk]
 
 
-def build_parser() -> units.CliArgumentParser:
-    parser = units.CliArgumentParser(
+def build_parser() -> cli.CliArgumentParser:
+    parser = cli.CliArgumentParser(
         prog=PROG,
         description="Plot the per-chunk virus score (score2) along each sequence of a prediction.",
         epilog="Example: python drew_fig.py results/prediction_results.txt  (writes results/prediction.png)",
     )
     parser.add_argument("results", type=Path, metavar="RESULTS",
                         help="prediction_results.txt written by prediction.py")
-    parser.add_argument("--chunk-size", type=units.positive_int, default=None,
+    parser.add_argument("--chunk-size", type=cli.positive_int, default=None,
                         help="chunk length used for the prediction; None: inferred from "
                              f"{SUMMARY_NAME} next to RESULTS")
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help=f"PNG file to write; None: {DEFAULT_FIGURE_NAME} next to RESULTS")
-    parser.add_argument("--max-sequences", type=units.positive_int, default=5,
+    parser.add_argument("--max-sequences", type=cli.positive_int, default=5,
                         help="plot at most this many sequences (the first ones of RESULTS)")
     return parser
 
@@ -78,16 +81,16 @@ def build_parser() -> units.CliArgumentParser:
 
 def _check_file(path: Path, what: str) -> None:
     if not path.exists():
-        raise units.InputError(f"{path}: {what} not found")
+        raise InputError(f"{path}: {what} not found")
     if not path.is_file():
-        raise units.InputError(f"{path}: not a file")
+        raise InputError(f"{path}: not a file")
 
 
 def read_results(path: Path) -> dict[str, SequenceScores]:
     """Per-sequence chunk scores from prediction_results.txt, in file order."""
     _check_file(path, "prediction results")
     sequences: dict[str, SequenceScores] = {}
-    with units.open_text(path) as handle:
+    with open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             line = line.rstrip("\n").rstrip("\r")
             if not line.strip():
@@ -95,42 +98,42 @@ def read_results(path: Path) -> dict[str, SequenceScores]:
             fields = line.split("\t")
             if line_no == 1 and fields[0] == RESULTS_COLUMNS[0]:
                 if tuple(fields) != RESULTS_COLUMNS:
-                    raise units.InputError(f"{path}: line 1: header {fields} is not {list(RESULTS_COLUMNS)}")
+                    raise InputError(f"{path}: line 1: header {fields} is not {list(RESULTS_COLUMNS)}")
                 continue
             if len(fields) != len(RESULTS_COLUMNS):
-                raise units.InputError(f"{path}: line {line_no}: expected {len(RESULTS_COLUMNS)} tab-separated "
+                raise InputError(f"{path}: line {line_no}: expected {len(RESULTS_COLUMNS)} tab-separated "
                                        f"columns ({', '.join(RESULTS_COLUMNS)}), got {len(fields)}")
             match = FRAME_ID.match(fields[0])
             if match is None:
-                raise units.InputError(f"{path}: line {line_no}: '{fields[0]}' is not a frame id "
+                raise InputError(f"{path}: line {line_no}: '{fields[0]}' is not a frame id "
                                        "(SEQUENCE_chunk_K followed by F1-F3 or R1-R3)")
             try:
                 score1, score2 = float(fields[2]), float(fields[3])
             except ValueError:
-                raise units.InputError(f"{path}: line {line_no}: scores '{fields[2]}', '{fields[3]}' "
+                raise InputError(f"{path}: line {line_no}: scores '{fields[2]}', '{fields[3]}' "
                                        "are not numbers") from None
             if not (0.0 <= score1 <= 1.0 and 0.0 <= score2 <= 1.0):
-                raise units.InputError(f"{path}: line {line_no}: scores must lie in [0, 1]")
+                raise InputError(f"{path}: line {line_no}: scores must lie in [0, 1]")
             name = match["sequence"]
             sequences.setdefault(name, SequenceScores(name)).add(int(match["chunk"]), score1, score2)
     if not sequences:
-        raise units.InputError(f"{path}: no prediction rows (no chunk had a stop-free frame?)")
+        raise InputError(f"{path}: no prediction rows (no chunk had a stop-free frame?)")
     return sequences
 
 
 def read_summary(path: Path) -> dict[str, tuple[int, int]]:
     """Sequence_ID -> (Length, Chunks) from prediction_summary.tsv."""
     lengths: dict[str, tuple[int, int]] = {}
-    with units.open_text(path) as handle:
+    with open_text(path) as handle:
         reader = csv.DictReader(handle, delimiter="\t")
         missing = {"Sequence_ID", "Length", "Chunks"} - set(reader.fieldnames or ())
         if missing:
-            raise units.InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+            raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
         for row in reader:
             try:
                 lengths[row["Sequence_ID"]] = (int(row["Length"]), int(row["Chunks"]))
             except (TypeError, ValueError):
-                raise units.InputError(f"{path}: line {reader.line_num}: Length and Chunks must be "
+                raise InputError(f"{path}: line {reader.line_num}: Length and Chunks must be "
                                        "integers") from None
     return lengths
 
@@ -146,7 +149,7 @@ def infer_chunk_size(summary: dict[str, tuple[int, int]], path: Path) -> int:
         if chunks > 1:
             high = min(high, -(-length // (chunks - 1)) - 1)
     if low > high:
-        raise units.InputError(f"{path}: lengths and chunk counts fit no single chunk size; "
+        raise InputError(f"{path}: lengths and chunk counts fit no single chunk size; "
                                "pass --chunk-size")
     if low == high:
         return int(low)
@@ -157,7 +160,7 @@ def infer_chunk_size(summary: dict[str, tuple[int, int]], path: Path) -> int:
     if len(common) == 1:
         return common[0]
     upper = "any" if high == math.inf else str(int(high))
-    raise units.InputError(f"{path}: cannot tell the chunk size (anything from {low} to {upper} fits); "
+    raise InputError(f"{path}: cannot tell the chunk size (anything from {low} to {upper} fits); "
                            "pass --chunk-size")
 
 
@@ -170,8 +173,8 @@ def chunk_spans(chunks: int, chunk_size: int, length: int | None) -> list[tuple[
     """(start, end) of every chunk: exact when the sequence length is known."""
     if length is None:
         return [(k * chunk_size, (k + 1) * chunk_size) for k in range(chunks)]
-    # units.chunk_sequence only slices, so a range yields the positions of each chunk
-    return [(span.start, span.stop) for span in units.chunk_sequence(range(length), chunk_size)]
+    # chunk_sequence only slices, so a range yields the positions of each chunk
+    return [(span.start, span.stop) for span in chunk_sequence(range(length), chunk_size)]
 
 
 def draw(sequences: list[SequenceScores], chunk_size: int, summary: dict[str, tuple[int, int]],
@@ -212,7 +215,7 @@ def draw(sequences: list[SequenceScores], chunk_size: int, summary: dict[str, tu
                   Line2D([0], [0], color=OTHER_COLOR, lw=2, label="others")]
         axes[0, 0].legend(handles=legend, loc="upper right", frameon=False)
         fig.tight_layout()
-        with units.atomic_write(output, "wb") as handle:
+        with atomic_write(output, "wb") as handle:
             fig.savefig(handle, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
@@ -226,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     chunk_size = args.chunk_size
     if chunk_size is None:
         if not summary:
-            raise units.InputError(f"{results}: cannot infer the chunk size without {summary_path}; "
+            raise InputError(f"{results}: cannot infer the chunk size without {summary_path}; "
                                    "pass --chunk-size (300 or 500, as given to prediction.py)")
         chunk_size = infer_chunk_size(summary, summary_path)
         log.info("chunk size %d (inferred from %s)", chunk_size, summary_path)
@@ -236,13 +239,12 @@ def run(args: argparse.Namespace) -> int:
     output = args.output if args.output is not None else results.parent / DEFAULT_FIGURE_NAME
     draw(shown, chunk_size, summary, output)
     log.info("figure written to %s", output)
-    return units.EXIT_OK
+    return cli.EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    units.setup_logging(args.quiet, args.verbose)
-    return units.run_cli(PROG, lambda: run(args))
+    """Command-line entry point (see --help)."""
+    return cli.script_main(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

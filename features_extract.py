@@ -34,7 +34,12 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-import units
+from virnucpro import cli
+from virnucpro.errors import FeatureFileError, InputError
+from virnucpro.fasta import read_fasta, split_fasta_file
+from virnucpro.features import extract_DNABERT_S, extract_esm, load_dna_features, load_feature_object, merge_data
+from virnucpro.files import atomic_torch_save, open_text
+from virnucpro.models import resolve_device
 
 log = logging.getLogger("virnucpro.features_extract")
 
@@ -105,8 +110,8 @@ class Split:
         return self.source.protein_split_dir / f"output_{self.index}_ESM.pt"
 
 
-def build_parser() -> units.CliArgumentParser:
-    parser = units.CliArgumentParser(
+def build_parser() -> cli.CliArgumentParser:
+    parser = cli.CliArgumentParser(
         prog=PROG,
         description="Compute DNABERT-S + FastESM2 features of the training sequences and merge them "
                     "into DATA_DIR/data_merge/ for train.py.",
@@ -115,10 +120,10 @@ def build_parser() -> units.CliArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="folder with the *identified_nucleotide.fa / *identified_protein.fa files "
                              "made by make_train_dataset_300.py")
-    parser.add_argument("--sequences-per-file", type=units.positive_int, default=DEFAULT_SEQUENCES_PER_FILE,
+    parser.add_argument("--sequences-per-file", type=cli.positive_int, default=DEFAULT_SEQUENCES_PER_FILE,
                         help="sequences per split file (the unit of sampling; a last, shorter file is not used)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the host-file sampling")
-    units.add_model_arguments(parser)
+    cli.add_model_arguments(parser)
     parser.add_argument("--force", action="store_true",
                         help="remake merged files that already exist (feature files are still reused "
                              "when they hold the same ids and model; delete them to recompute)")
@@ -133,7 +138,7 @@ def build_parser() -> units.CliArgumentParser:
 def find_sources(data_dir: Path) -> list[Source]:
     """The identified nucleotide files under ``data_dir``, classified, in sorted order."""
     if not data_dir.is_dir():
-        raise units.InputError(f"{data_dir}: data directory not found")
+        raise InputError(f"{data_dir}: data directory not found")
     merge_dir = data_dir / MERGE_DIR_NAME
     sources = []
     for path in sorted(data_dir.rglob(f"*{NUCLEOTIDE_SUFFIX}")):
@@ -150,26 +155,26 @@ def find_sources(data_dir: Path) -> list[Source]:
             continue
         sources.append(Source(path, "host", category))
     if not sources:
-        raise units.InputError(f"{data_dir}: no *{NUCLEOTIDE_SUFFIX} files found "
+        raise InputError(f"{data_dir}: no *{NUCLEOTIDE_SUFFIX} files found "
                                "(make them with make_train_dataset_300.py)")
     return sources
 
 
 def count_records(path: Path) -> int:
-    with units.open_text(path) as handle:
+    with open_text(path) as handle:
         return sum(1 for line in handle if line.startswith(">"))
 
 
 def split_source(source: Source, sequences_per_file: int) -> list[int]:
     """Split a source and its protein twin; return the indices of the full split files."""
     if not source.protein.is_file():
-        raise units.InputError(f"{source.protein}: not found (the protein twin of {source.nucleotide})")
-    nucleotide_files = units.split_fasta_file(source.nucleotide, source.nucleotide_split_dir, sequences_per_file)
-    protein_files = units.split_fasta_file(source.protein, source.protein_split_dir, sequences_per_file)
+        raise InputError(f"{source.protein}: not found (the protein twin of {source.nucleotide})")
+    nucleotide_files = split_fasta_file(source.nucleotide, source.nucleotide_split_dir, sequences_per_file)
+    protein_files = split_fasta_file(source.protein, source.protein_split_dir, sequences_per_file)
     counts = [count_records(p) for p in nucleotide_files]
     protein_counts = [count_records(p) for p in protein_files]
     if counts != protein_counts:
-        raise units.InputError(f"{source.protein} has {sum(protein_counts)} sequences but "
+        raise InputError(f"{source.protein} has {sum(protein_counts)} sequences but "
                                f"{source.nucleotide} has {sum(counts)}; remake both with "
                                "make_train_dataset_300.py --force")
     full = [k for k, n in enumerate(counts, start=1) if n == sequences_per_file]
@@ -192,7 +197,7 @@ def select_splits(data_dir: Path, sources: list[Source], sequences_per_file: int
     """Every full viral split plus a seeded sample of as many host splits."""
     viral_sources = sum(1 for s in sources if s.kind == "viral")
     if viral_sources == 0:
-        raise units.InputError(f"{data_dir}: no viral *{NUCLEOTIDE_SUFFIX} file (expected under "
+        raise InputError(f"{data_dir}: no viral *{NUCLEOTIDE_SUFFIX} file (expected under "
                                f"{data_dir / VIRAL_PREFIX}*)")
     viral: list[Split] = []
     hosts: dict[str, list[Split]] = {c: [] for c in HOST_CATEGORIES}
@@ -201,7 +206,7 @@ def select_splits(data_dir: Path, sources: list[Source], sequences_per_file: int
             split = Split(source, index, merged_path(data_dir, source, index, viral_sources))
             (viral if source.kind == "viral" else hosts[source.category]).append(split)
     if not viral:
-        raise units.InputError(f"{data_dir}: the viral files hold fewer than {sequences_per_file} sequences "
+        raise InputError(f"{data_dir}: the viral files hold fewer than {sequences_per_file} sequences "
                                "each, so no full split file; lower --sequences-per-file")
     rng = random.Random(seed)
     per_category = math.ceil(len(viral) / len(HOST_CATEGORIES))
@@ -224,7 +229,7 @@ def select_splits(data_dir: Path, sources: list[Source], sequences_per_file: int
     merged = [s.merged for s in viral + chosen]
     if len(set(merged)) != len(merged):
         duplicate = next(m for m in merged if merged.count(m) > 1)
-        raise units.InputError(f"{duplicate}: two input files would write this merged file; "
+        raise InputError(f"{duplicate}: two input files would write this merged file; "
                                "give the identified_nucleotide.fa files distinct names")
     log.info("%d viral and %d host split file(s) selected", len(viral), len(chosen))
     return viral + chosen
@@ -236,13 +241,13 @@ def select_splits(data_dir: Path, sources: list[Source], sequences_per_file: int
 
 
 def fasta_ids(path: Path, alphabet: str) -> list[str]:
-    return [record.id for record in units.read_fasta(path, alphabet=alphabet)]
+    return [record.id for record in read_fasta(path, alphabet=alphabet)]
 
 
 def _load(path: Path) -> object | None:
     try:
-        return units.load_feature_object(path)
-    except units.FeatureFileError as exc:  # unreadable means "make it again"
+        return load_feature_object(path)
+    except FeatureFileError as exc:  # unreadable means "make it again"
         log.warning("%s; it is made again", exc)
         return None
 
@@ -276,8 +281,8 @@ def reusable_legacy_dna_features(split: Split, ids: list[str]) -> bool:
     if not isinstance(obj, dict) or "model" in obj:
         return False  # new-format files are checked by extract_DNABERT_S itself
     try:
-        stored_ids, data = units.load_dna_features(obj)
-    except units.FeatureFileError as exc:
+        stored_ids, data = load_dna_features(obj)
+    except FeatureFileError as exc:
         log.warning("%s: %s; it is made again", path, exc)
         return False
     if stored_ids != ids or not bool(torch.isfinite(data).all()):
@@ -294,15 +299,15 @@ def process_split(split: Split, args: argparse.Namespace, progress: bool) -> boo
         log.info("%s: up to date", split.merged)
         return False
     if not reusable_legacy_dna_features(split, ids):
-        units.extract_DNABERT_S(split.nucleotide, split.dna_features, model_location=args.dnabert_model,
+        extract_DNABERT_S(split.nucleotide, split.dna_features, model_location=args.dnabert_model,
                                 device=args.device, batch_tokens=args.batch_tokens, progress=progress)
-    units.extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
+    extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
                       out_file=split.protein_features, device=args.device,
                       fp16=False if args.fp32 else None, progress=progress)
-    merged = units.merge_data(split.dna_features, split.protein_features, None, split.kind)
+    merged = merge_data(split.dna_features, split.protein_features, None, split.kind)
     merged["dna_model"] = str(args.dnabert_model)
     merged["protein_model"] = str(args.esm_model)
-    units.atomic_torch_save(merged, split.merged)
+    atomic_torch_save(merged, split.merged)
     log.info("%s: %d rows of width %d", split.merged, len(merged["ids"]), merged["data"].shape[1])
     return True
 
@@ -319,7 +324,7 @@ def warn_about_leftovers(splits: list[Split]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    units.resolve_device(args.device)  # fail early on a bad --device
+    resolve_device(args.device)  # fail early on a bad --device
     sources = find_sources(args.data_dir)
     progress = not args.quiet
     splits = select_splits(args.data_dir, sources, args.sequences_per_file, args.seed, progress)
@@ -329,13 +334,12 @@ def run(args: argparse.Namespace) -> int:
     warn_about_leftovers(splits)
     log.info("%d merged file(s) written, %d up to date, under %s", made, len(splits) - made,
              args.data_dir / MERGE_DIR_NAME)
-    return units.EXIT_OK
+    return cli.EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    units.setup_logging(args.quiet, args.verbose)
-    return units.run_cli(PROG, lambda: run(args))
+    """Command-line entry point (see --help)."""
+    return cli.script_main(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

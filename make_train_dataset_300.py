@@ -26,7 +26,11 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-import units
+from virnucpro import cli
+from virnucpro.errors import InputError
+from virnucpro.fasta import read_fasta
+from virnucpro.files import atomic_write
+from virnucpro.frames import chunk_sequence, create_refseq_pro_list, identify_seq
 
 log = logging.getLogger("virnucpro.make_train_dataset")
 
@@ -63,8 +67,8 @@ class Job:
         return self.nucleotide_out.is_file() and self.protein_out.is_file()
 
 
-def build_parser(prog: str, default_chunk_size: int) -> units.CliArgumentParser:
-    parser = units.CliArgumentParser(
+def build_parser(prog: str, default_chunk_size: int) -> cli.CliArgumentParser:
+    parser = cli.CliArgumentParser(
         prog=prog,
         description="Make VirNucPro training sequences (identified nucleotide/protein FASTA files) "
                     "from RefSeq *genomic.gbff.gz + *genomic.fna.gz pairs.",
@@ -72,9 +76,9 @@ def build_parser(prog: str, default_chunk_size: int) -> units.CliArgumentParser:
     )
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="folder searched (recursively) for *genomic.gbff.gz and *genomic.fna.gz")
-    parser.add_argument("--chunk-size", type=units.positive_int, default=default_chunk_size,
+    parser.add_argument("--chunk-size", type=cli.positive_int, default=default_chunk_size,
                         help="chunk length in bp")
-    parser.add_argument("--workers", type=units.positive_int, default=1,
+    parser.add_argument("--workers", type=cli.positive_int, default=1,
                         help="genome files processed in parallel (output is the same for any value)")
     parser.add_argument("--force", action="store_true",
                         help="remake outputs that already exist (without it, a genome whose two outputs exist is skipped)")
@@ -84,14 +88,14 @@ def build_parser(prog: str, default_chunk_size: int) -> units.CliArgumentParser:
 def find_jobs(data_dir: Path, chunk_size: int) -> list[Job]:
     """Pair every GenBank file with the genome FASTA files it annotates (sorted, each FASTA once)."""
     if not data_dir.exists():
-        raise units.InputError(f"{data_dir}: data directory not found")
+        raise InputError(f"{data_dir}: data directory not found")
     if not data_dir.is_dir():
-        raise units.InputError(f"{data_dir}: not a directory")
+        raise InputError(f"{data_dir}: not a directory")
     files = sorted(p for p in data_dir.rglob("*") if p.is_file())
     gbff_files = [p for p in files if p.name.endswith(GBFF_SUFFIX)]
     fna_files = [p for p in files if p.name.endswith(FNA_SUFFIX)]
     if not gbff_files or not fna_files:
-        raise units.InputError(f"{data_dir}: no *{GBFF_SUFFIX} with matching *{FNA_SUFFIX} files found "
+        raise InputError(f"{data_dir}: no *{GBFF_SUFFIX} with matching *{FNA_SUFFIX} files found "
                                "(download them with download_data.py)")
     jobs: list[Job] = []
     claimed: dict[Path, Path] = {}
@@ -110,7 +114,7 @@ def find_jobs(data_dir: Path, chunk_size: int) -> list[Job]:
             claimed[fna] = gbff
             jobs.append(Job(gbff, fna, chunk_size))
     if not jobs:
-        raise units.InputError(f"{data_dir}: no *{FNA_SUFFIX} file matches a *{GBFF_SUFFIX} file "
+        raise InputError(f"{data_dir}: no *{FNA_SUFFIX} file matches a *{GBFF_SUFFIX} file "
                                f"(X.{GBFF_SUFFIX} pairs with X.N.{FNA_SUFFIX})")
     unpaired = sorted(set(fna_files) - set(claimed))
     for fna in unpaired:
@@ -123,22 +127,22 @@ def cds_translations(gbff: Path) -> dict[str, list[str]]:
     """The CDS translations of a GenBank file, cached for the genomes that share it."""
     log.info("reading CDS translations of %s", gbff)
     try:
-        return units.create_refseq_pro_list(gbff)
+        return create_refseq_pro_list(gbff)
     except (EOFError, OSError, ValueError) as exc:
-        raise units.InputError(f"{gbff}: cannot read GenBank file ({exc})") from None
+        raise InputError(f"{gbff}: cannot read GenBank file ({exc})") from None
 
 
 def process_job(job: Job, progress: bool = False) -> tuple[Path, int]:
     """Write the identified nucleotide and protein files of one genome; return (genome, frames)."""
     refseq = cds_translations(job.gbff)
     frames = 0
-    records = units.read_fasta(job.fna, alphabet=None, check_duplicates=False)
-    with units.atomic_write(job.nucleotide_out) as dna_out, units.atomic_write(job.protein_out) as protein_out:
+    records = read_fasta(job.fna, alphabet=None, check_duplicates=False)
+    with atomic_write(job.nucleotide_out) as dna_out, atomic_write(job.protein_out) as protein_out:
         for record in tqdm(records, desc=job.fna.name, unit="record", disable=not progress, leave=False):
-            for index, chunk in enumerate(units.chunk_sequence(record.seq, job.chunk_size), start=1):
+            for index, chunk in enumerate(chunk_sequence(record.seq, job.chunk_size), start=1):
                 chunk_id = f"{record.id}{CHUNK_MARK}{index}"
                 accession = chunk_id.split(CHUNK_MARK)[0]
-                selected = units.identify_seq(chunk_id, chunk.upper(), refseq.get(accession, []),
+                selected = identify_seq(chunk_id, chunk.upper(), refseq.get(accession, []),
                                               istraindata=True)
                 for item in selected or ():
                     if item["protein"] == "":
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             todo.append(job)
     if not todo:
         log.info("nothing to do: all %d genome file(s) are done", len(jobs))
-        return units.EXIT_OK
+        return cli.EXIT_OK
     progress = not args.quiet
     if args.workers == 1 or len(todo) == 1:
         for job in tqdm(todo, desc="genomes", unit="file", disable=not progress):
@@ -171,13 +175,12 @@ def run(args: argparse.Namespace) -> int:
             for job, (fna, frames) in tqdm(zip(todo, results), total=len(todo), desc="genomes",
                                            unit="file", disable=not progress):
                 log.info("%s: %d frames written to %s", fna, frames, job.nucleotide_out.name)
-    return units.EXIT_OK
+    return cli.EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None, *, default_chunk_size: int = 300, prog: str = PROG) -> int:
-    args = build_parser(prog, default_chunk_size).parse_args(argv)
-    units.setup_logging(args.quiet, args.verbose)
-    return units.run_cli(prog, lambda: run(args))
+    """Command-line entry point (see --help); the 500-bp script calls it with its own defaults."""
+    return cli.script_main(prog, build_parser(prog, default_chunk_size), run, argv)
 
 
 if __name__ == "__main__":

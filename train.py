@@ -38,7 +38,13 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
-import units
+from virnucpro import cli
+from virnucpro.classifier import MLPClassifier, save_checkpoint
+from virnucpro.defaults import DNABERT_S_MODEL, FASTESM_MODEL
+from virnucpro.errors import FeatureFileError, InputError
+from virnucpro.files import atomic_write
+from virnucpro.models import resolve_device
+from virnucpro.features import load_feature_object
 
 log = logging.getLogger("virnucpro.train")
 
@@ -88,8 +94,8 @@ def batch_size_type(text: str) -> int:
     return value
 
 
-def build_parser() -> units.CliArgumentParser:
-    parser = units.CliArgumentParser(
+def build_parser() -> cli.CliArgumentParser:
+    parser = cli.CliArgumentParser(
         prog=PROG,
         description="Train the VirNucPro-FastESM viral/host classifier (an MLP over merged DNABERT-S + "
                     "FastESM2 features) and save the best epoch as a checkpoint for prediction.py.",
@@ -143,10 +149,10 @@ def build_parser() -> units.CliArgumentParser:
                           "(default: the checkpoint path with a .json suffix)")
     out.add_argument("--dna-model", "--dnabert-model", dest="dna_model", default=None,
                      help="DNA language model name recorded in the checkpoint (default: the name recorded "
-                          f"in the merged files, else {units.DNABERT_S_MODEL})")
+                          f"in the merged files, else {DNABERT_S_MODEL})")
     out.add_argument("--esm-model", dest="esm_model", default=None,
                      help="protein language model name recorded in the checkpoint (default: the name "
-                          f"recorded in the merged files, else {units.FASTESM_MODEL})")
+                          f"recorded in the merged files, else {FASTESM_MODEL})")
     return parser
 
 
@@ -189,10 +195,10 @@ def source_sequence_id(row_id: str) -> str:
 def find_merged_files(data_dir: Path, viral_dir: str) -> list[tuple[Path, int]]:
     """``(file, label)`` for every ``*.pt`` in the sub-folders: viral folder first, then the others, sorted."""
     if not data_dir.exists():
-        raise units.InputError(f"{data_dir}: data directory not found (make it with features_extract.py, "
+        raise InputError(f"{data_dir}: data directory not found (make it with features_extract.py, "
                                "or point --data-dir at the folder holding the *_merged sub-folders)")
     if not data_dir.is_dir():
-        raise units.InputError(f"{data_dir}: not a directory")
+        raise InputError(f"{data_dir}: not a directory")
     viral: list[Path] = []
     host: list[Path] = []
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
@@ -203,13 +209,13 @@ def find_merged_files(data_dir: Path, viral_dir: str) -> list[tuple[Path, int]]:
         log.warning("%s: %d .pt file(s) directly in the data directory are ignored (only sub-folders are "
                     "read): %s", data_dir, len(loose), ", ".join(loose[:3]) + (" ..." if len(loose) > 3 else ""))
     if not viral and not host:
-        raise units.FeatureFileError(f"{data_dir}: no merged feature files (*.pt) in its sub-folders; "
+        raise FeatureFileError(f"{data_dir}: no merged feature files (*.pt) in its sub-folders; "
                                      "make them with features_extract.py")
     if not viral:
-        raise units.FeatureFileError(f"{data_dir}: no viral data: no *.pt files in a '{viral_dir}' sub-folder "
+        raise FeatureFileError(f"{data_dir}: no viral data: no *.pt files in a '{viral_dir}' sub-folder "
                                      "(see --viral-dir)")
     if not host:
-        raise units.FeatureFileError(f"{data_dir}: no host data: every *.pt file is in the viral folder "
+        raise FeatureFileError(f"{data_dir}: no host data: every *.pt file is in the viral folder "
                                      f"'{viral_dir}'; host files go in other sub-folders")
     return [(p, VIRAL_LABEL) for p in viral] + [(p, HOST_LABEL) for p in host]
 
@@ -219,16 +225,16 @@ def _as_matrix(path: Path, data: Any) -> torch.Tensor:
         if not data:
             return torch.empty(0, 0)
         if not all(isinstance(row, torch.Tensor) and row.dim() == 1 for row in data):
-            raise units.FeatureFileError(f"{path}: 'data' is a list but not of 1-D tensors")
+            raise FeatureFileError(f"{path}: 'data' is a list but not of 1-D tensors")
         try:
             data = torch.stack(list(data))
         except RuntimeError:
-            raise units.FeatureFileError(f"{path}: rows of 'data' have different widths") from None
+            raise FeatureFileError(f"{path}: rows of 'data' have different widths") from None
     if not isinstance(data, torch.Tensor) or data.dim() != 2:
         shape = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
-        raise units.FeatureFileError(f"{path}: 'data' must be a 2-D tensor (rows x features), got {shape}")
+        raise FeatureFileError(f"{path}: 'data' must be a 2-D tensor (rows x features), got {shape}")
     if not (data.is_floating_point()):
-        raise units.FeatureFileError(f"{path}: 'data' holds {data.dtype} values, expected floating point")
+        raise FeatureFileError(f"{path}: 'data' holds {data.dtype} values, expected floating point")
     return data
 
 
@@ -238,13 +244,13 @@ def _check_labels(path: Path, labels: Any, expected: int, rows: int, viral_dir: 
     if isinstance(labels, torch.Tensor):
         labels = labels.tolist()
     if not isinstance(labels, (list, tuple)) or not labels or len(labels) not in (1, rows):
-        raise units.FeatureFileError(f"{path}: 'labels' must be [0] or [1] (or one label per row), got "
+        raise FeatureFileError(f"{path}: 'labels' must be [0] or [1] (or one label per row), got "
                                      f"{str(labels)[:60]}")
     found = sorted({int(v) for v in labels})
     if found != [expected]:
         where = f"inside the viral folder '{viral_dir}'" if expected == VIRAL_LABEL else \
             f"outside the viral folder '{viral_dir}'"
-        raise units.FeatureFileError(f"{path}: its 'labels' {found} disagree with its folder ({where}, so "
+        raise FeatureFileError(f"{path}: its 'labels' {found} disagree with its folder ({where}, so "
                                      f"label {expected}); move the file or check --viral-dir")
 
 
@@ -262,19 +268,19 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
     groups: list[np.ndarray] = []
     has_ids = True
     for path, label in tqdm(files, desc="reading features", unit="file", disable=not progress):
-        obj = units.load_feature_object(path, "merged feature file", mmap=True)
+        obj = load_feature_object(path, "merged feature file", mmap=True)
         if not isinstance(obj, dict) or "data" not in obj:
-            raise units.FeatureFileError(f"{path}: not a merged feature file (a dict with 'ids' and 'data' "
+            raise FeatureFileError(f"{path}: not a merged feature file (a dict with 'ids' and 'data' "
                                          "expected)")
         data = _as_matrix(path, obj["data"])
         rows = int(data.shape[0])
         ids = obj.get("ids")
         if ids is not None and (not isinstance(ids, (list, tuple)) or len(ids) != rows):
             count = len(ids) if isinstance(ids, (list, tuple)) else type(ids).__name__
-            raise units.FeatureFileError(f"{path}: 'ids' ({count}) does not list the {rows} rows of 'data'")
+            raise FeatureFileError(f"{path}: 'ids' ({count}) does not list the {rows} rows of 'data'")
         if ids is None:
             if need_ids:
-                raise units.FeatureFileError(f"{path}: no 'ids', so rows cannot be grouped by source "
+                raise FeatureFileError(f"{path}: no 'ids', so rows cannot be grouped by source "
                                              "sequence; use --split-by record")
             has_ids = False
         _check_labels(path, obj.get("labels"), label, rows, viral_dir)
@@ -284,28 +290,28 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
         if width is None:
             width, width_file = int(data.shape[1]), path
         elif data.shape[1] != width:
-            raise units.FeatureFileError(
+            raise FeatureFileError(
                 f"{path}: feature width {data.shape[1]} differs from {width} in {width_file}; all merged "
                 "files must be made with the same DNA and protein models")
         if "dna_dim" in obj or "protein_dim" in obj:
             try:
                 file_dims = (int(obj["dna_dim"]), int(obj["protein_dim"]))
             except (KeyError, TypeError, ValueError):
-                raise units.FeatureFileError(f"{path}: 'dna_dim'/'protein_dim' missing or not integers") from None
+                raise FeatureFileError(f"{path}: 'dna_dim'/'protein_dim' missing or not integers") from None
             if sum(file_dims) != width:
-                raise units.FeatureFileError(f"{path}: dna_dim {file_dims[0]} + protein_dim {file_dims[1]} "
+                raise FeatureFileError(f"{path}: dna_dim {file_dims[0]} + protein_dim {file_dims[1]} "
                                              f"!= feature width {width}")
             if dims is None:
                 dims, dims_file = file_dims, path
             elif file_dims != dims:
-                raise units.FeatureFileError(f"{path}: dna_dim/protein_dim {file_dims} differ from {dims} in "
+                raise FeatureFileError(f"{path}: dna_dim/protein_dim {file_dims} differ from {dims} in "
                                              f"{dims_file}")
         for key in ("dna_model", "protein_model"):
             value = obj.get(key)
             if value is None:
                 continue
             if key in names and names[key][0] != str(value):
-                raise units.FeatureFileError(f"{path}: made with {key} '{value}' but {names[key][1]} with "
+                raise FeatureFileError(f"{path}: made with {key} '{value}' but {names[key][1]} with "
                                              f"'{names[key][0]}'; features of different models cannot be mixed")
             names.setdefault(key, (str(value), path))
         if ids is not None:
@@ -316,16 +322,16 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
         groups.append(np.fromiter(keys, dtype=np.int64, count=rows))
         blocks.append((path, label, data))
     if not blocks:
-        raise units.FeatureFileError(f"{data_dir}: the merged feature files hold no rows")
+        raise FeatureFileError(f"{data_dir}: the merged feature files hold no rows")
     labels_present = {label for _, label, _ in blocks}
     if VIRAL_LABEL not in labels_present:
-        raise units.FeatureFileError(f"{data_dir}: no viral rows (the files in '{viral_dir}' are empty)")
+        raise FeatureFileError(f"{data_dir}: no viral rows (the files in '{viral_dir}' are empty)")
     if HOST_LABEL not in labels_present:
-        raise units.FeatureFileError(f"{data_dir}: no host rows (the host files are empty)")
+        raise FeatureFileError(f"{data_dir}: no host rows (the host files are empty)")
     assert width is not None
     if dims is None:
         if width <= LEGACY_DNA_DIM:
-            raise units.FeatureFileError(f"{width_file}: feature width {width} is too small for DNABERT-S "
+            raise FeatureFileError(f"{width_file}: feature width {width} is too small for DNABERT-S "
                                          f"({LEGACY_DNA_DIM}) + protein features, and the files do not "
                                          "record dna_dim/protein_dim")
         dims = (LEGACY_DNA_DIM, width - LEGACY_DNA_DIM)
@@ -341,7 +347,7 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
         features[start:stop].copy_(data)
         bad = int((~torch.isfinite(features[start:stop])).any(dim=1).sum())
         if bad:
-            raise units.FeatureFileError(f"{path}: {bad} row(s) hold NaN or infinite values; remake the file")
+            raise FeatureFileError(f"{path}: {bad} row(s) hold NaN or infinite values; remake the file")
         labels[start:stop] = label
         start = stop
     # Group ids count up in order of first appearance, which is deterministic for a given set of files.
@@ -406,10 +412,10 @@ def make_split(data: TrainingData, split_by: str, test_fraction: float, seed: in
     else:
         train, test = split_groups(data.groups, data.labels.numpy(), test_fraction, seed)
     if len(test) == 0:
-        raise units.InputError(f"the hold-out is empty ({n_rows} rows, --test-fraction {test_fraction}, "
+        raise InputError(f"the hold-out is empty ({n_rows} rows, --test-fraction {test_fraction}, "
                                f"--split-by {split_by}); add data or raise --test-fraction")
     if len(train) < 2:
-        raise units.InputError(f"only {len(train)} training row(s) left after the hold-out; add data or "
+        raise InputError(f"only {len(train)} training row(s) left after the hold-out; add data or "
                                "lower --test-fraction")
     return train, test
 
@@ -575,8 +581,8 @@ def _json_safe(value: Any) -> Any:
 
 def resolve_model_names(args: argparse.Namespace, data: TrainingData) -> tuple[str, str]:
     chosen = []
-    for flag, given, recorded, default in (("--dna-model", args.dna_model, data.dna_model, units.DNABERT_S_MODEL),
-                                           ("--esm-model", args.esm_model, data.protein_model, units.FASTESM_MODEL)):
+    for flag, given, recorded, default in (("--dna-model", args.dna_model, data.dna_model, DNABERT_S_MODEL),
+                                           ("--esm-model", args.esm_model, data.protein_model, FASTESM_MODEL)):
         if given is not None and recorded is not None and str(given) != recorded:
             log.warning("%s %s differs from the model recorded in the merged files (%s); recording %s",
                         flag, given, recorded, given)
@@ -590,10 +596,10 @@ def run(args: argparse.Namespace) -> int:
     metrics_path: Path = args.metrics_json if args.metrics_json is not None else out_path.with_suffix(".json")
     for path, what in ((out_path, "--out"), (metrics_path, "--metrics-json"), (args.log, "--log")):
         if path.is_dir():
-            raise units.InputError(f"{path}: is a directory ({what} needs a file name)")
+            raise InputError(f"{path}: is a directory ({what} needs a file name)")
     if out_path.resolve() == metrics_path.resolve():
-        raise units.InputError(f"{out_path}: --metrics-json must differ from the checkpoint path")
-    device = units.resolve_device(args.device)
+        raise InputError(f"{out_path}: --metrics-json must differ from the checkpoint path")
+    device = resolve_device(args.device)
 
     seed_everything(args.seed)
     data = load_training_data(args.data_dir, args.viral_dir, need_ids=args.split_by == "sequence",
@@ -611,7 +617,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("the hold-out holds only one class: AUROC is undefined (reported as nan)")
 
     seed_everything(args.seed)
-    model = units.MLPClassifier(data.input_dim, args.hidden_dim, NUM_CLASS).to(device)
+    model = MLPClassifier(data.input_dim, args.hidden_dim, NUM_CLASS).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=args.lr_gamma)
     loader = make_train_loader(data, train_rows, args.batch_size, args.seed, args.workers, device)
@@ -665,7 +671,7 @@ def run(args: argparse.Namespace) -> int:
             "test_fraction": float(args.test_fraction),
             "seed": int(args.seed),
         }
-        units.save_checkpoint(out_path, model, dna_model=dna_model, dna_dim=data.dna_dim,
+        save_checkpoint(out_path, model, dna_model=dna_model, dna_dim=data.dna_dim,
                               protein_model=protein_model, protein_dim=data.protein_dim,
                               chunk_size=args.chunk_size, metrics=metrics)
         report = {
@@ -681,7 +687,7 @@ def run(args: argparse.Namespace) -> int:
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())},
             "history": history,
         }
-        with units.atomic_write(metrics_path) as handle:
+        with atomic_write(metrics_path) as handle:
             json.dump(_json_safe(report), handle, indent=2)
             handle.write("\n")
         _log_line(log_file, f"Best epoch {best['epoch']}: Test Loss {best['loss']:.4f}, "
@@ -690,13 +696,12 @@ def run(args: argparse.Namespace) -> int:
              best["epoch"], best["loss"], best["accuracy"], best["auroc"], out_path, metrics_path)
     if interrupted:
         raise KeyboardInterrupt
-    return units.EXIT_OK
+    return cli.EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    units.setup_logging(args.quiet, args.verbose)
-    return units.run_cli(PROG, lambda: run(args))
+    """Command-line entry point (see --help)."""
+    return cli.script_main(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

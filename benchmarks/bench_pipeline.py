@@ -5,12 +5,12 @@ Both strategies run in one invocation on the same chunks, with randomly initiali
 models of the real architectures (no weights are downloaded), so compute equals the
 real models' unless the ``--esm-*``/``--dna-*`` scale flags (or ``--tiny``) shrink them:
 
-ours      chunking + ``seqframes.select_frames`` (vectorised six frames); DNA encoder
+ours      chunking + ``virnucpro.frames.select_frames`` (vectorised six frames); DNA encoder
           (DNABERT-S size: 12 layers, 768 hidden) batched by token budget through
-          ``units.embed_dna``; FastESM2_650-size protein model (33 layers, 1280 hidden,
-          rotary, SDPA) through ``units.embed_proteins`` (fp16 on CUDA); MLP on
+          ``embed.embed_dna``; FastESM2_650-size protein model (33 layers, 1280 hidden,
+          rotary, SDPA) through ``embed.embed_proteins`` (fp16 on CUDA); MLP on
           768 + 1280 features in large batches; every model loaded once.
-original  chunking + ``units.identify_seq`` per chunk (the original Python loop); the
+original  chunking + ``virnucpro.frames.identify_seq`` per chunk (the original Python loop); the
           DNA encoder one sequence at a time without a mask; an ESM2-3B-size model
           (36 layers, 2560 hidden, eager attention) in fp32 with fair-esm batches of
           2048 tokens (sorted by length, a batch closed when the next sequence would
@@ -52,8 +52,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import seqframes  # noqa: E402
-import units  # noqa: E402
+from virnucpro import classifier, defaults, embed, fasta, models  # noqa: E402
+from virnucpro import frames as framing  # noqa: E402
 
 STAGES = ("preprocess", "dna", "protein", "mlp")
 ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPNQKFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
@@ -75,7 +75,7 @@ def synthetic_reads(count: int, length: int, seed: int, orf_fraction: float) -> 
     """Seeded random reads; a fraction carries a stop-free ORF in a random frame and strand."""
     rng = np.random.default_rng(seed)
     bases = np.frombuffer(b"ACGT", dtype=np.uint8)
-    sense = [c for c, aa in units.CODON_TABLE.items() if aa != "*"]
+    sense = [c for c, aa in framing.CODON_TABLE.items() if aa != "*"]
     sense_bytes = np.frombuffer("".join(sense).encode(), dtype=np.uint8).reshape(-1, 3)
     reads = []
     for index in range(count):
@@ -84,7 +84,7 @@ def synthetic_reads(count: int, length: int, seed: int, orf_fraction: float) -> 
             shift = int(rng.integers(0, 3))
             seq = codons[shift:shift + length].tobytes().decode()
             if rng.random() < 0.5:
-                seq = units.reverse_complement(seq)
+                seq = framing.reverse_complement(seq)
         else:
             seq = bases[rng.integers(0, 4, size=length)].tobytes().decode()
         reads.append((f"read{index}", seq))
@@ -98,7 +98,7 @@ def real_reads(directory: Path) -> tuple[list[tuple[str, str]], list[str], list[
         return records, used, skipped
     for path in sorted(directory.iterdir()):
         if path.name.endswith(REAL_SUFFIXES):
-            for record in units.read_fasta(path, alphabet=None, check_duplicates=False):
+            for record in fasta.read_fasta(path, alphabet=None, check_duplicates=False):
                 records.append((record.id, record.seq))
             used.append(path.name)
         elif path.is_file():
@@ -109,7 +109,7 @@ def real_reads(directory: Path) -> tuple[list[tuple[str, str]], list[str], list[
 def chunk_records(records: Sequence[tuple[str, str]], chunk_size: int) -> list[tuple[str, str]]:
     """``(chunk_id, upper-cased chunk)`` pairs, as split_fasta_chunk + the callers' upper()."""
     return [(f"{rid}_chunk_{k}", chunk.upper())
-            for rid, seq in records for k, chunk in enumerate(units.chunk_sequence(seq, chunk_size), start=1)]
+            for rid, seq in records for k, chunk in enumerate(framing.chunk_sequence(seq, chunk_size), start=1)]
 
 
 # ---------------------------------------------------------------------------
@@ -312,9 +312,9 @@ class ModelFactory:
         start = time.perf_counter()
         loaded, _ = self.load(which, attention, dtype)
         if which == "dna":
-            units.embed_dna(["ACGT" * 75] * 4, loaded)
+            embed.embed_dna(["ACGT" * 75] * 4, loaded)
         else:
-            units.embed_proteins(["MKV" * 33] * 4, loaded)
+            embed.embed_proteins(["MKV" * 33] * 4, loaded)
         del loaded
         gc.collect()
         if self.device.type == "cuda":
@@ -335,7 +335,7 @@ class ModelFactory:
             return bert_config(arch, len(self.dna_tok), attention)
         return esm_config(arch, attention)
 
-    def load(self, which: str, attention: str, dtype: torch.dtype) -> tuple[units.LoadedModel, float]:
+    def load(self, which: str, attention: str, dtype: torch.dtype) -> tuple[models.LoadedModel, float]:
         """Build the model; the first build per architecture keeps a host copy of the
         weights so that later builds ('reloads') copy them in like from_pretrained."""
         start = time.perf_counter()
@@ -347,7 +347,7 @@ class ModelFactory:
             self.states[which] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         synchronize(self.device)
         tokenizer = self.dna_tok if which == "dna" else self.esm_tok
-        loaded = units.LoadedModel(f"random-{self.arch(which).name}", model, tokenizer, self.device, dtype,
+        loaded = models.LoadedModel(f"random-{self.arch(which).name}", model, tokenizer, self.device, dtype,
                                    model.config.hidden_size)
         return loaded, time.perf_counter() - start
 
@@ -362,7 +362,7 @@ def run_ours(dataset: str, records: list[tuple[str, str]], factory: ModelFactory
     device = factory.device
     with measured(results, device, stage="preprocess", dataset=dataset, strategy="ours", chunks=0) as info:
         chunks = chunk_records(records, args.chunk_size)
-        frames = seqframes.select_frames(chunks)
+        frames = framing.select_frames(chunks)
         info.update(items=len(frames), chunks=len(chunks))
     common = dict(dataset=dataset, strategy="ours", chunks=len(chunks))
     dna_features = protein_features = None
@@ -371,7 +371,7 @@ def run_ours(dataset: str, records: list[tuple[str, str]], factory: ModelFactory
             dtype = torch.bfloat16 if (args.dna_bf16 and device.type == "cuda") else torch.float32
             loaded, load_s = factory.load("dna", "sdpa", dtype)
             seqs = [nucleotide for _, nucleotide, _ in frames]
-            dna_features = units.embed_dna(seqs, loaded, batch_tokens=args.batch_tokens)
+            dna_features = embed.embed_dna(seqs, loaded, batch_tokens=args.batch_tokens)
             info.update(items=len(seqs), loads=1, load_seconds=load_s, dtype=str(dtype))
         # Token counts (for tokens/s and FLOPs) are taken outside the timed region.
         if args.count_tokens:
@@ -384,8 +384,8 @@ def run_ours(dataset: str, records: list[tuple[str, str]], factory: ModelFactory
             dtype = torch.float16 if (device.type == "cuda" and not args.fp32) else torch.float32
             loaded, load_s = factory.load("esm650", "sdpa", dtype)
             proteins = [protein for _, _, protein in frames]
-            protein_features = units.embed_proteins(proteins, loaded, batch_tokens=args.batch_tokens)
-            lengths = [min(len(p), units.TRUNCATION_SEQ_LENGTH) + 2 for p in proteins]
+            protein_features = embed.embed_proteins(proteins, loaded, batch_tokens=args.batch_tokens)
+            lengths = [min(len(p), defaults.TRUNCATION_SEQ_LENGTH) + 2 for p in proteins]
             info.update(items=len(proteins), loads=1, load_seconds=load_s, tokens=sum(lengths),
                         flops=encoder_flops(loaded.model, lengths), dtype=str(dtype))
         del loaded
@@ -393,7 +393,7 @@ def run_ours(dataset: str, records: list[tuple[str, str]], factory: ModelFactory
         dna_dim, protein_dim = factory.arch("dna").hidden, factory.arch("esm650").hidden
         with measured(results, device, stage="mlp", **common) as info:
             features = _features(dna_features, protein_features, len(frames), dna_dim, protein_dim)
-            model = units.MLPClassifier(dna_dim + protein_dim).to(device).eval()
+            model = classifier.MLPClassifier(dna_dim + protein_dim).to(device).eval()
             scores = []
             with torch.inference_mode():
                 for start in range(0, features.shape[0], 65536):
@@ -435,7 +435,7 @@ def run_original(dataset: str, records: list[tuple[str, str]], factory: ModelFac
         chunks = chunk_records(records, args.chunk_size)
         frames = []
         for chunk_id, sequence in chunks:
-            for item in units.identify_seq(chunk_id, sequence):
+            for item in framing.identify_seq(chunk_id, sequence):
                 if item.get("protein", "") != "":
                     frames.append((item["seqid"], item["nucleotide"], item["protein"]))
         info.update(items=len(frames), chunks=len(chunks))
@@ -489,7 +489,7 @@ def run_original(dataset: str, records: list[tuple[str, str]], factory: ModelFac
                     with torch.no_grad():
                         hidden = model(input_ids=toks, attention_mask=(toks != pad_id).long()).last_hidden_state
                         for row, s in enumerate(strs):
-                            truncate = min(units.TRUNCATION_SEQ_LENGTH, len(s))
+                            truncate = min(defaults.TRUNCATION_SEQ_LENGTH, len(s))
                             protein_rows.append(hidden[row, 1:truncate + 1].mean(0).clone().to("cpu"))
                     lengths.extend(len(s) + 2 for s in strs)
                     batch_sizes.append(len(strs))
@@ -506,13 +506,13 @@ def run_original(dataset: str, records: list[tuple[str, str]], factory: ModelFac
             ids = [frame_id for frame_id, _, _ in frames]
             dataset_items = list(zip(features, ids))
             loader = torch.utils.data.DataLoader(dataset_items, batch_size=ORIGINAL_MLP_BATCH, shuffle=False)
-            model = units.MLPClassifier(dna_dim + protein_dim).to(device).eval()
+            model = classifier.MLPClassifier(dna_dim + protein_dim).to(device).eval()
             labels, probabilities = [], []
             with torch.no_grad():
                 for batch, _ in loader:
                     probs = torch.softmax(model(batch.to(device)), dim=1)
                     _, predicted = torch.max(probs.data, 1)
-                    labels.extend(units.LABEL_MAP[p.item()] for p in predicted)
+                    labels.extend(defaults.LABEL_MAP[p.item()] for p in predicted)
                     probabilities.extend(probs.cpu().numpy())
             info.update(items=features.shape[0])
     return frames
@@ -639,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--esm-hidden", type=int, default=None, help="FastESM2_650 hidden (1280); ESM2-3B gets 2x")
     parser.add_argument("--dna-layers", type=int, default=None, help="DNABERT-S layers (12)")
     parser.add_argument("--dna-hidden", type=int, default=None, help="DNABERT-S hidden (768)")
-    parser.add_argument("--batch-tokens", type=int, default=units.DEFAULT_BATCH_TOKENS,
+    parser.add_argument("--batch-tokens", type=int, default=defaults.DEFAULT_BATCH_TOKENS,
                         help="token budget per batch, ours (both models)")
     parser.add_argument("--original-batch-tokens", type=int, default=ORIGINAL_ESM_BATCH_TOKENS,
                         help="fair-esm toks_per_batch of the original")
@@ -678,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--reads, --read-length and --chunk-size must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = units.resolve_device(args.device)
+    device = models.resolve_device(args.device)
     peak = args.peak_tflops if args.peak_tflops is not None else default_peak_tflops(device)
 
     datasets: list[tuple[str, list[tuple[str, str]]]] = []  # (name, records)

@@ -129,10 +129,10 @@ def test_downloads_then_resumes(session: FakeSession, tmp_path: Path) -> None:
     assert bad.read_bytes() == session.body(BASE + "viral/viral.1.genomic.gbff.gz")
 
 
-def test_network_error_is_one_line_exit_2(session: FakeSession, tmp_path: Path,
+def test_network_error_is_one_line_exit_3(session: FakeSession, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:
     session.fail_on = "fungi/"
-    assert download_data.main(["--out-dir", str(tmp_path / "data"), "-q"]) == 2
+    assert download_data.main(["--out-dir", str(tmp_path / "data"), "-q"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("download_data.py: error: network error")
 
@@ -141,7 +141,7 @@ def test_http_error_mid_download_leaves_no_partial_file(session: FakeSession, tm
                                                         capsys: pytest.CaptureFixture) -> None:
     session.fail_on = "viral.1.genomic.gbff.gz"
     out = tmp_path / "data"
-    assert download_data.main(["--out-dir", str(out), "-q"]) == 2
+    assert download_data.main(["--out-dir", str(out), "-q"]) == 3
     assert "network error" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["viral.1.1.genomic.fna.gz"]
 
@@ -158,6 +158,6 @@ def test_short_body_is_refused(session: FakeSession, tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(session, "_response", short)
     out = tmp_path / "data"
-    assert download_data.main(["--out-dir", str(out), "-q"]) == 2
+    assert download_data.main(["--out-dir", str(out), "-q"]) == 3
     assert "incomplete" in capsys.readouterr().err
     assert list(out.iterdir()) == []

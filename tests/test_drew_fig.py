@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import drew_fig
+from virnucpro.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -102,7 +103,7 @@ def test_infer_chunk_size(rows: dict, expected: int) -> None:
     {"a": (1000, 4), "b": (600, 1)},  # 250..333 and >= 600: nothing fits
 ])
 def test_infer_chunk_size_ambiguous(rows: dict) -> None:
-    with pytest.raises(drew_fig.units.InputError, match="--chunk-size"):
+    with pytest.raises(InputError, match="--chunk-size"):
         drew_fig.infer_chunk_size(rows, Path("s.tsv"))
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import prediction
+from virnucpro import outputs
 import units
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +96,7 @@ def test_golden_reads_outputs_are_consistent(run, tmp_path, golden_dir):
     assert (out / "prediction_results_highestscore.csv").read_text() == original_consensus(out / "prediction_results.txt")
 
     summary = read_rows(out / "prediction_summary.tsv")
-    assert tuple(summary[0]) == prediction.SUMMARY_COLUMNS
+    assert tuple(summary[0]) == outputs.SUMMARY_COLUMNS
     records = list(units.read_fasta(reads))
     assert [r[0] for r in summary[1:]] == [rec.id for rec in records]
     consensus = dict(read_rows(out / "prediction_results_highestscore.csv")[1:])
@@ -144,8 +145,8 @@ def test_no_surviving_chunk_gives_header_only_results(run, tmp_path):
     fasta = write_fasta(tmp_path / "n.fa", [("allN", "N" * 700), ("tiny", "AC")])
     out = tmp_path / "out"
     assert run(fasta, 300, out) == 0
-    assert (out / "prediction_results.txt").read_text() == prediction.RESULTS_HEADER
-    assert (out / "prediction_results_highestscore.csv").read_text() == prediction.CONSENSUS_HEADER
+    assert (out / "prediction_results.txt").read_text() == outputs.header_line(outputs.RESULTS_COLUMNS)
+    assert (out / "prediction_results_highestscore.csv").read_text() == outputs.header_line(outputs.CONSENSUS_COLUMNS)
     summary = read_rows(out / "prediction_summary.tsv")[1:]
     assert [(r[0], r[2], r[3], r[-1]) for r in summary] == [("allN", "3", "0", "no_call"), ("tiny", "1", "0", "no_call")]
 
@@ -317,7 +318,7 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path, esm_model_dir, dnabert_m
         out = tmp_path / f"killed_{finished_shards}"
         proc = subprocess.Popen(cli(out), cwd=REPO)
         deadline = time.monotonic() + 120
-        while len(list((out / prediction.WORK_DIR_NAME).glob("shard_*.done"))) < finished_shards:
+        while len(list((out / outputs.WORK_DIR_NAME).glob("shard_*.done"))) < finished_shards:
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         if finished_shards == 0:

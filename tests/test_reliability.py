@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import pytest
 
-import prediction
+from virnucpro import outputs, runstate
 import units
 
 
@@ -62,9 +62,9 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 def test_force_removes_only_this_programs_files(tmp_path):
     outdir = tmp_path / "out"
-    (outdir / prediction.WORK_DIR_NAME).mkdir(parents=True)
-    (outdir / prediction.WORK_DIR_NAME / "shard_000000.done").write_text("{}")
-    ours = prediction.final_outputs(outdir, "reads", 300)
+    (outdir / outputs.WORK_DIR_NAME).mkdir(parents=True)
+    (outdir / outputs.WORK_DIR_NAME / "shard_000000.done").write_text("{}")
+    ours = outputs.final_outputs(outdir, "reads", 300)
     for path in ours:
         path.write_text("x")
     (outdir / "features").mkdir()
@@ -73,8 +73,8 @@ def test_force_removes_only_this_programs_files(tmp_path):
     (outdir / "reads_identified_protein.faa.bak").write_text("keep")
     outside = tmp_path / "prediction_results.txt"
     outside.write_text("keep")
-    prediction.remove_own_files(outdir, "reads", 300)
+    runstate.remove_own_files(outdir, "reads", 300)
     assert not any(p.exists() for p in ours)
-    assert not (outdir / prediction.WORK_DIR_NAME).exists()
+    assert not (outdir / outputs.WORK_DIR_NAME).exists()
     assert sorted(p.name for p in outdir.rglob("*")) == ["features", "my_notes.txt", "reads_identified_protein.faa.bak"]
     assert outside.read_text() == "keep"

@@ -1,4 +1,4 @@
-"""seqframes.select_frames must equal the per-chunk units.identify_seq loop exactly."""
+"""virnucpro.frames.select_frames must equal the per-chunk identify_seq loop exactly."""
 from __future__ import annotations
 
 import random
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import seqframes
+from virnucpro import frames as seqframes
 import units
 
 DATA = Path(__file__).parent / "data"

@@ -11,6 +11,8 @@ import torch
 
 import standins
 import units
+import virnucpro.embed
+import virnucpro.models
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"from_pretrained called: {args!r}")
 
-    monkeypatch.setattr(units, "_MODEL_CACHE", {})
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
     for cls in (transformers.AutoModel, transformers.AutoTokenizer, transformers.AutoConfig,
                 transformers.EsmTokenizer, transformers.PreTrainedTokenizerFast):
         monkeypatch.setattr(cls, "from_pretrained", refuse)
@@ -97,7 +99,7 @@ def test_standin_attention_mask_matters(which, esm, dna):
 
     def hidden(*args, **kwargs):
         out = model(*args, **kwargs)
-        return units._last_hidden_state(out)
+        return virnucpro.embed._last_hidden_state(out)
 
     with torch.no_grad():
         alone = hidden(input_ids=torch.tensor([short_ids]))[0]
@@ -130,7 +132,7 @@ def test_dnabert_hub_code_refused_without_workaround_but_units_loads_it(fake_hub
     standins.add_to_fake_hub(constants.HF_HUB_CACHE, repo_id, dnabert_model_dir)
     with pytest.raises(ImportError, match="triton"):
         AutoModel.from_pretrained(repo_id, trust_remote_code=True)
-    monkeypatch.setattr(units, "_MODEL_CACHE", {})
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
     loaded = units.load_dnabert_model(repo_id, "cpu")
     assert loaded.hidden_size == 768
     reference = units.load_dnabert_model(str(dnabert_model_dir), "cpu")
@@ -161,7 +163,7 @@ def test_triton_attention_is_disabled(monkeypatch, tmp_path, dnabert_model_dir, 
 
     for name, module in standins.fake_triton_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(units, "_MODEL_CACHE", {})
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
     copy = standins.copy_model_dir(dnabert_model_dir, tmp_path / f"dnabert_triton_{uuid.uuid4().hex[:8]}")
     raw = AutoModel.from_pretrained(str(copy), trust_remote_code=True)
     module = sys.modules[type(raw).__module__]

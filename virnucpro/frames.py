@@ -1,31 +1,153 @@
-"""Vectorised six-frame translation and frame selection (prediction mode).
+"""Chunking, six-frame translation and stop-free frame selection (no torch).
 
+The reference functions keep the original VirNucPro names and are byte-identical to
+it (``chunk_sequence``/``split_fasta_chunk``, ``translate_dna``, ``identify_seq``).
 :func:`select_frames` gives exactly what the original per-chunk loop gives::
 
     [(d['seqid'], d['nucleotide'], d['protein'])
-     for cid, s in chunks for d in units.identify_seq(cid, s) if d['protein'] != '']
+     for cid, s in chunks for d in identify_seq(cid, s) if d['protein'] != '']
 
-but translates whole batches of chunks at once with numpy: chunks of one length
-are stacked into a ``uint8`` matrix, each base becomes a 2-bit code, every codon a
-6-bit index into a 64-entry table, and stop codons are found for all chunks and
-frames together.  Python strings are built only for the stop-free frames, which are
-a small minority of the frames of real or random DNA.
-
-A chunk holding anything other than upper-case ``A``/``C``/``G``/``T`` goes through
-:func:`units.identify_seq` itself: codons with other letters are dropped there, which
-shifts the protein and changes the length of the DNA slice, so those (rare) chunks
-are left to the reference implementation.  The output is therefore byte-identical
-to the original for every input.
+but translates whole batches of chunks at once with numpy: chunks of one length are
+stacked into a ``uint8`` matrix, each base becomes a 2-bit code, every codon a 6-bit
+index into a 64-entry table, and stop codons are found for all chunks and frames
+together.  Python strings are built only for the stop-free frames.  A chunk holding
+anything other than upper-case ``A``/``C``/``G``/``T`` goes through
+:func:`identify_seq` itself (codons with other letters are dropped there, which
+shifts the protein), so the output is byte-identical for every input.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import os
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-import units
+from . import ids
+from .fasta import read_fasta, write_fasta_record
+from .files import atomic_write, open_text
 
-__all__ = ["select_frames", "BLOCK_CHUNKS"]
+
+def chunk_sequence(seq: str, chunk_size: int) -> list[str]:
+    """Cut ``seq`` into overlapping chunks exactly as the original VirNucPro does."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    seq_length = len(seq)
+    num_chunks = -(-seq_length // chunk_size)
+    if num_chunks == 0:
+        return []
+    overlap_total = num_chunks * chunk_size - seq_length
+    lower = int(overlap_total / num_chunks)
+    upper = lower + 1
+    need_upper = overlap_total - lower * (num_chunks - 1)
+    shifts = [upper] * need_upper + [lower] * (num_chunks - 1 - need_upper) + [0]
+    chunks = []
+    moved = 0
+    for start, shift in zip(range(0, seq_length, chunk_size), shifts):
+        begin = start - moved
+        chunks.append(seq[begin:begin + chunk_size])
+        moved += shift
+    return chunks
+
+
+def split_fasta_chunk(input_file: str | os.PathLike, output_file: str | os.PathLike, chunk_size: int) -> int:
+    """Write every record of ``input_file`` cut into ``chunk_size`` chunks; return the chunk count."""
+    count = 0
+    with atomic_write(output_file) as out_handle:
+        for record in read_fasta(input_file, alphabet=None, check_duplicates=False):
+            for index, chunk in enumerate(chunk_sequence(record.seq, int(chunk_size)), start=1):
+                write_fasta_record(out_handle, ids.chunk_id(record.id, index), chunk)
+                count += 1
+    return count
+
+
+def create_refseq_pro_list(gbff_file: str | os.PathLike) -> dict[str, list[str]]:
+    """Map each GenBank record id to the ``/translation`` of its CDS features."""
+    from Bio import SeqIO
+
+    refseq_pro_dir: dict[str, list[str]] = {}
+    with open_text(gbff_file) as handle:
+        for record in SeqIO.parse(handle, "genbank"):
+            refseq_pro_dir[record.id] = [
+                feature.qualifiers.get("translation", [""])[0]
+                for feature in record.features if feature.type == "CDS"
+            ]
+    return refseq_pro_dir
+
+
+_COMPLEMENT = str.maketrans("ACGTacgt", "TGCAtgca")
+
+
+def reverse_complement(sequence: str) -> str:
+    """Reverse complement; only A, C, G, T (either case) are complemented."""
+    return sequence.translate(_COMPLEMENT)[::-1]
+
+
+_BASES = "TCAG"
+_AMINO_ACIDS = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
+CODON_TABLE = {a + b + c: _AMINO_ACIDS[16 * i + 4 * j + k]
+               for i, a in enumerate(_BASES) for j, b in enumerate(_BASES) for k, c in enumerate(_BASES)}
+
+
+def _translate_frame(sequence: str, frame: int) -> str:
+    table = CODON_TABLE
+    return "".join([table.get(sequence[i:i + 3], "") for i in range(frame, len(sequence) - 2, 3)])
+
+
+def translate_dna(sequence: str) -> list[str]:
+    """Six-frame translation; codons that are not three of A/C/G/T (upper case) are dropped."""
+    reverse = reverse_complement(sequence)
+    return [_translate_frame(sequence, f) for f in range(3)] + [_translate_frame(reverse, f) for f in range(3)]
+
+
+def seq_in_reflist(sequence: str, refseq_pro_list: Iterable[str]) -> bool:
+    """True when ``sequence`` is a substring of any reference protein."""
+    return any(sequence in refpro for refpro in refseq_pro_list)
+
+
+AMBIGUOUS_BASES = frozenset("NRYMKSWHBVD")
+
+
+def identify_seq(seqid: str, sequence: str, refseq_pro_list: Sequence[str] | None = None,
+                 istraindata: bool = False) -> list[dict[str, str]] | None:
+    """Return the stop-free frames of ``sequence`` as ``{'seqid', 'nucleotide', 'protein'}`` dicts.
+
+    In training mode a sequence with an ambiguous base gives None, and only frames
+    found in ``refseq_pro_list`` are kept.  Ids get ``F1..F3`` / ``R1..R3``; the DNA
+    slice is one base longer than the codons (the original's quirk, kept on purpose).
+    """
+    if istraindata and any(base in sequence for base in AMBIGUOUS_BASES):
+        return None
+    reverse = None
+    selected = []
+    for num, protein in enumerate(translate_dna(sequence), start=1):
+        if "*" in protein:
+            continue
+        if istraindata and not seq_in_reflist(protein, refseq_pro_list or ()):
+            continue
+        seq_len = 3 * len(protein)
+        if num <= 3:
+            nucleotide = sequence[num - 1:num + seq_len]
+            frame_id = ids.frame_id(seqid, num)
+        else:
+            if reverse is None:
+                reverse = reverse_complement(sequence)
+            nucleotide = reverse[num - 4:num - 3 + seq_len]
+            frame_id = ids.frame_id(seqid, num)
+        selected.append({"seqid": frame_id, "nucleotide": nucleotide, "protein": protein})
+    return selected
+
+
+def process_record(index: int, record: Any, refseq_pro_list: Sequence[str] | None = None,
+                   istraindata: bool = False) -> tuple[int, list[dict[str, str]] | None]:
+    """Upper-case a record and run :func:`identify_seq` on it; returns ``(index, frames)``."""
+    sequence = str(record.seq).upper()
+    return index, identify_seq(record.id, sequence, refseq_pro_list, istraindata)
+
+
+# ---------------------------------------------------------------------------
+# Vectorised frame selection
+# ---------------------------------------------------------------------------
+
 
 # Base codes T=0, C=1, A=2, G=3: a codon's index is 16*b1 + 4*b2 + b3, and the
 # complement of a code is ``code ^ 2`` (T<->A, C<->G).
@@ -33,13 +155,13 @@ _BASE_ORDER = "TCAG"
 _BAD = 255
 _CODE_BYTES = bytes(_BASE_ORDER.index(chr(c)) if chr(c) in _BASE_ORDER else _BAD for c in range(256))
 _CODONS = [a + b + c for a in _BASE_ORDER for b in _BASE_ORDER for c in _BASE_ORDER]
-#: False if units.CODON_TABLE ever gets entries beyond the 64 A/C/G/T codons (then
-#: everything goes through units.identify_seq, which stays the reference).
-_VECTORISABLE = set(units.CODON_TABLE) == set(_CODONS) and all(
-    len(units.CODON_TABLE[c]) == 1 and units.CODON_TABLE[c].isascii() for c in _CODONS)
+#: False if CODON_TABLE ever gets entries beyond the 64 A/C/G/T codons (then
+#: everything goes through identify_seq, which stays the reference).
+_VECTORISABLE = set(CODON_TABLE) == set(_CODONS) and all(
+    len(CODON_TABLE[c]) == 1 and CODON_TABLE[c].isascii() for c in _CODONS)
 
 if _VECTORISABLE:
-    _AA_TABLE = np.frombuffer("".join(units.CODON_TABLE[c] for c in _CODONS).encode("ascii"),
+    _AA_TABLE = np.frombuffer("".join(CODON_TABLE[c] for c in _CODONS).encode("ascii"),
                               dtype=np.uint8).copy()
 else:  # pragma: no cover
     _AA_TABLE = np.zeros(64, dtype=np.uint8)
@@ -52,7 +174,7 @@ _RC_AA_TABLE = _AA_TABLE[_RC_INDEX]
 # Codon index -> bit 0: stop on the forward strand, bit 1: stop on the reverse strand.
 _STOP_FLAGS = _STOP_TABLE.astype(np.uint8) | (_STOP_TABLE[_RC_INDEX].astype(np.uint8) << 1)
 _STOP_FLAG_BYTES = bytes(_STOP_FLAGS.tolist()) + bytes(192)
-_COMPLEMENT = str.maketrans("ACGT", "TGCA")
+_UPPER_COMPLEMENT = str.maketrans("ACGT", "TGCA")
 _ACGT = b"ACGT"
 
 #: Chunks of one length translated together; bounds the temporary arrays (a few
@@ -66,7 +188,7 @@ def select_frames(chunks: Iterable[tuple[str, str]]) -> list[tuple[str, str, str
     ``chunks`` holds ``(chunk_id, sequence)`` pairs, the sequence already upper-cased
     (as the original callers do).  Frames come chunk by chunk in input order, frames
     ``F1, F2, F3, R1, R2, R3`` within a chunk; frames with an empty protein are left
-    out.  Identical to running :func:`units.identify_seq` on each chunk.
+    out.  Identical to running :func:`identify_seq` on each chunk.
     """
     chunks = chunks if isinstance(chunks, Sequence) else list(chunks)
     keys: list[int] = []          # chunk_index * 6 + rank of the frame within the chunk
@@ -105,7 +227,7 @@ def _fallback(index: int, chunk_id: str, sequence: str, keys: list[int],
               rows: list[tuple[str, str, str]]) -> None:
     """Run the reference implementation on one chunk (ambiguity codes, lowercase, ...)."""
     rank = 0
-    for item in units.identify_seq(chunk_id, sequence):
+    for item in identify_seq(chunk_id, sequence):
         if item["protein"] != "":
             keys.append(index * 6 + rank)
             rows.append((item["seqid"], item["nucleotide"], item["protein"]))
@@ -193,13 +315,13 @@ def _select_block(chunks: Sequence[tuple[str, str]], all_sequences: list[str], m
         end = 3 * len(protein) + 1
         if frame < 3:
             nucleotide = sequence[frame:frame + end]
-            frame_id = f"{chunk_id}F{frame + 1}"
+            frame_id = ids.frame_id(chunk_id, frame + 1)
         else:
             offset = frame - 3
             # The reverse complement, sliced without building it: reverse[o:o+end]
             # is the complement of sequence[L-o-end : L-o] read backwards.
             stop = length - offset
-            nucleotide = sequence[max(0, stop - end):stop].translate(_COMPLEMENT)[::-1]
-            frame_id = f"{chunk_id}R{offset + 1}"
+            nucleotide = sequence[max(0, stop - end):stop].translate(_UPPER_COMPLEMENT)[::-1]
+            frame_id = ids.frame_id(chunk_id, frame + 1)
         keys.append(key)
         rows.append((frame_id, nucleotide, protein))

@@ -1,0 +1,21 @@
+"""VirNucPro-FastESM library: one module per concern.
+
+=================  ==========================================================
+``errors``         the typed errors the command-line scripts turn into exit codes
+``files``          text and gzip opening, atomic writes, file hashes
+``fasta``          FASTA reading (validated, streamed) and writing, FASTA splitting
+``ids``            the ``{record}_chunk_{k}`` / ``F1..R3`` identifier format
+``frames``         chunking, six-frame translation, stop-free frame selection
+``models``         device choice, language-model loading and its workarounds
+``embed``          token-budget batching, protein and DNA embeddings
+``features``       the feature-file formats (DNABERT-S, protein, merged)
+``classifier``     the MLP classifier and its checkpoints
+``outputs``        every output file name and column list shared by scripts
+``cli``            argument parsing, logging and the shared ``main`` wrapper
+=================  ==========================================================
+
+Importing the package (or ``errors``, ``files``, ``fasta``, ``ids``, ``frames``,
+``outputs``, ``cli``) imports no torch.
+"""
+
+__version__ = "0.2.0"

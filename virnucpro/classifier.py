@@ -1,0 +1,168 @@
+"""The MLP classifier and its checkpoints (plain dicts, loaded with ``weights_only=True``).
+
+An original VirNucPro whole-model pickle is recognised by reading its pickle opcodes
+(nothing in it runs) and refused with a message saying what it is.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import pickletools
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .defaults import LABEL_MAP
+from .errors import CheckpointError
+from .files import atomic_torch_save
+from .models import resolve_device
+
+CHECKPOINT_FORMAT_VERSION = 2
+
+
+class MLPClassifier(nn.Module):
+    """Linear -> BatchNorm -> ReLU -> Dropout(0.5) -> Linear, layer names as in the original."""
+
+    def __init__(self, input_dim: int, hidden_dim: int = 512, num_class: int = 2):
+        super().__init__()
+        self.hidden_layer = nn.Linear(input_dim, hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim)
+        self.output_layer = nn.Linear(hidden_dim, num_class)
+        self.dropout = nn.Dropout(0.5)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Xavier-uniform weights on both linear layers."""
+        nn.init.xavier_uniform_(self.hidden_layer.weight)
+        nn.init.xavier_uniform_(self.output_layer.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.hidden_layer(x)
+        x = self.bn1(x)
+        x = F.relu(x)
+        x = self.dropout(x)
+        return self.output_layer(x)
+
+
+CHECKPOINT_KEYS = ("state_dict", "input_dim", "hidden_dim", "num_class", "dna_model", "dna_dim",
+                   "protein_model", "protein_dim", "chunk_size", "label_map", "trained_at", "format_version")
+
+
+def save_checkpoint(path: str | os.PathLike, model: MLPClassifier, *, dna_model: str, dna_dim: int,
+                    protein_model: str, protein_dim: int, chunk_size: int,
+                    metrics: dict[str, Any] | None = None, label_map: dict[int, str] | None = None) -> dict:
+    """Save a classifier as a plain dict (loadable with ``weights_only=True``), atomically."""
+    input_dim = model.hidden_layer.in_features
+    if input_dim != dna_dim + protein_dim:
+        raise ValueError(f"model input {input_dim} != dna_dim {dna_dim} + protein_dim {protein_dim}")
+    checkpoint = {
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "input_dim": int(input_dim),
+        "hidden_dim": int(model.hidden_layer.out_features),
+        "num_class": int(model.output_layer.out_features),
+        "dna_model": str(dna_model),
+        "dna_dim": int(dna_dim),
+        "protein_model": str(protein_model),
+        "protein_dim": int(protein_dim),
+        "chunk_size": int(chunk_size),
+        "label_map": {int(k): str(v) for k, v in (label_map or LABEL_MAP).items()},
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "metrics": dict(metrics or {}),
+    }
+    atomic_torch_save(checkpoint, path)
+    return checkpoint
+
+
+def _pickle_bytes(path: Path) -> bytes | None:
+    """The pickle stream of a torch file (zip archive or legacy format), read as bytes."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                return archive.read(names[0]) if names else None
+        return path.read_bytes()
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return None
+
+
+def describe_legacy_checkpoint(path: str | os.PathLike) -> str | None:
+    """Describe an original VirNucPro whole-model pickle without unpickling it, else None.
+
+    The pickle opcodes are scanned (nothing is executed) for the ``MLPClassifier`` class
+    and the ``in_features`` of its first layer.
+    """
+    data = _pickle_bytes(Path(path))
+    if not data:
+        return None
+    strings: list[str] = []
+    in_features = None
+    expect_int = False
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if "PUT" in opcode.name or "GET" in opcode.name or opcode.name == "MEMOIZE":
+                continue  # memo bookkeeping between a key and its value
+            if expect_int and isinstance(arg, int) and not isinstance(arg, bool):
+                in_features = in_features or arg
+            expect_int = False
+            if isinstance(arg, str):
+                strings.append(arg)
+                expect_int = arg == "in_features"
+            if opcode.name == "STOP":
+                break
+    except Exception:  # noqa: BLE001 - a damaged stream is simply not recognised
+        pass
+    if "MLPClassifier" not in strings and not any(s.endswith(" MLPClassifier") for s in strings):
+        return None
+    width = f"input width {in_features}" if in_features else "unknown input width"
+    origin = " = DNABERT-S 768 + ESM2-3B 2560" if in_features == 3328 else ""
+    return f"an original VirNucPro whole-model pickle (MLPClassifier, {width}{origin})"
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MLPClassifier, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``), in eval mode.
+
+    Legacy pickled models and any other file are refused with :class:`CheckpointError`;
+    nothing is ever unpickled outside the weights-only loader.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a .pth checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        legacy = describe_legacy_checkpoint(path)
+        if legacy:
+            raise CheckpointError(
+                f"{path}: {legacy}. It was trained on ESM2-3B features and cannot score FastESM2 "
+                "features (and is not loaded, because unpickling it could run code). Train a "
+                "FastESM2 model with train.py, or use a *_model_fastesm650.pth checkpoint") from None
+        reason = "unsafe or unknown pickle content" if isinstance(exc, pickle.UnpicklingError) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a VirNucPro-FastESM checkpoint ({reason}); refused without "
+                              "running any code in it") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a VirNucPro-FastESM checkpoint (format_version "
+                              f"{CHECKPOINT_FORMAT_VERSION} dict expected; train one with train.py)")
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint is missing {', '.join(missing)}")
+    if checkpoint["input_dim"] != checkpoint["dna_dim"] + checkpoint["protein_dim"]:
+        raise CheckpointError(f"{path}: inconsistent checkpoint (input_dim {checkpoint['input_dim']} != "
+                              f"{checkpoint['dna_dim']} + {checkpoint['protein_dim']})")
+    model = MLPClassifier(checkpoint["input_dim"], checkpoint["hidden_dim"], checkpoint["num_class"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the recorded sizes ({str(exc).splitlines()[0]})") from None
+    model.to(resolve_device(device)).eval()
+    meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+    meta["label_map"] = {int(k): v for k, v in meta["label_map"].items()}
+    return model, meta
+

@@ -1,0 +1,100 @@
+"""Command-line plumbing shared by every script: parser, logging, exit codes, ``main``.
+
+Exit codes: 0 success; 1 unexpected failure (a bug: traceback kept); 2 bad usage or
+bad input (one line on stderr); 3 a remote data source failed (network, server);
+130 interrupted.  No torch here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Callable, NoReturn, Sequence
+
+from . import __version__
+from .defaults import DEFAULT_BATCH_TOKENS, DNABERT_S_MODEL, FASTESM_MODEL
+from .errors import DataSourceError, VirNucProError
+
+log = logging.getLogger("virnucpro")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DATA_SOURCE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+VERSION_TEXT = f"%(prog)s (VirNucPro-FastESM) {__version__}"
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults in --help, except for options whose default is worked out at run time (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class CliArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit code 2) and the -q/-v/--version options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=VERSION_TEXT)
+        self.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+        self.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The language-model options shared by the scripts that embed sequences."""
+    group = parser.add_argument_group("language models")
+    group.add_argument("--esm-model", default=FASTESM_MODEL, help="protein language model: hub id or local directory")
+    group.add_argument("--dnabert-model", default=DNABERT_S_MODEL, help="DNA language model: hub id or local directory")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--fp32", action="store_true", help="run the protein model in fp32 on CUDA instead of fp16")
+    group.add_argument("--batch-tokens", type=positive_int, default=DEFAULT_BATCH_TOKENS,
+                       help="padded tokens per language-model batch (lower it if GPU memory is short)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
+    return value
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Log to stderr: warnings only with ``quiet``, debug with ``verbose``, info otherwise."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("transformers", "huggingface_hub", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def run_cli(prog: str, body: Callable[[], int | None]) -> int:
+    """Run a script body: user errors give one line on stderr and exit code 2, others 1."""
+    try:
+        return int(body() or EXIT_OK)
+    except DataSourceError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_DATA_SOURCE
+    except VirNucProError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:  # noqa: BLE001 - unexpected: keep the traceback for a bug report
+        log.exception("%s: unexpected failure", prog)
+        return EXIT_FAILURE
+
+
+def script_main(prog: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
+                argv: Sequence[str] | None) -> int:
+    """The ``main(argv)`` of every script: parse, set up logging, run ``body(args)`` under :func:`run_cli`."""
+    args = parser.parse_args(argv)
+    setup_logging(args.quiet, args.verbose)
+    return run_cli(prog, lambda: body(args))

@@ -1,0 +1,12 @@
+"""Default model ids and sizes shared by the library and the command lines (no torch)."""
+from __future__ import annotations
+
+DNABERT_S_MODEL = "zhihan1996/DNABERT-S"
+FASTESM_MODEL = "Synthyra/FastESM2_650"
+#: Residues of a protein pooled into its embedding (positions 1..min(L, 1024)).
+TRUNCATION_SEQ_LENGTH = 1024
+#: Padded tokens in one language-model batch.
+DEFAULT_BATCH_TOKENS = 16384
+#: Classifier outputs: class index -> label written in prediction_results.txt.
+LABEL_MAP = {0: "others", 1: "virus"}
+VIRUS_CLASS = 1

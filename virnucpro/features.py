@@ -1,0 +1,213 @@
+"""The feature-file formats: the one reader, writer and validator of each.
+
+- DNABERT-S: ``{'nucleotide': ids, 'data': tensor(N, 768), 'model'}`` (the original
+  list of ``{'label', 'mean_representation'}`` dicts is read too);
+- protein: ``{'proteins': ids, 'data': tensor(N, D), 'model'}`` (original lists too);
+- merged: ``{'ids', 'data': tensor(N, dna_dim + protein_dim), 'dna_dim',
+  'protein_dim', 'labels'}``; ``ids`` lists exactly the rows of ``data``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .defaults import DEFAULT_BATCH_TOKENS, DNABERT_S_MODEL, FASTESM_MODEL, TRUNCATION_SEQ_LENGTH
+from .embed import embed_dna, embed_proteins
+from .errors import FeatureFileError
+from .fasta import read_fasta
+from .files import atomic_torch_save
+from .models import load_dnabert_model, load_protein_model, model_name_of, wrap_loaded_model
+
+log = logging.getLogger("virnucpro")
+
+
+def load_feature_object(path: str | os.PathLike, what: str = "feature file", *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, or :class:`FeatureFileError` naming the file.
+
+    With ``mmap`` the tensors are memory-mapped when the file format allows it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureFileError(f"{path}: {what} not found")
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - old (non-zip) files cannot be memory-mapped; load them plainly
+            pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is not usable
+        raise FeatureFileError(f"{path}: not a readable {what} ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+
+
+def _rows_to_tensor(path: Path, rows: Any, what: str) -> torch.Tensor:
+    if isinstance(rows, torch.Tensor):
+        data = rows.detach().to(torch.float32)
+        if data.dim() != 2:
+            raise FeatureFileError(f"{path}: {what} data must be 2-D, got shape {tuple(data.shape)}")
+        return data
+    vectors = []
+    for row in rows:
+        if isinstance(row, dict):
+            row = row.get("mean_representation", row.get("mean_representations"))
+            if isinstance(row, dict):  # fair-esm style {layer: tensor}
+                row = next(iter(row.values()))
+        vectors.append(torch.as_tensor(row, dtype=torch.float32).reshape(-1))
+    if not vectors:
+        return torch.empty((0, 0), dtype=torch.float32)
+    widths = {v.numel() for v in vectors}
+    if len(widths) != 1:
+        raise FeatureFileError(f"{path}: {what} rows have different widths {sorted(widths)}")
+    return torch.stack(vectors)
+
+
+def _load_features(source: str | os.PathLike | dict, id_key: str, what: str) -> tuple[list[str], torch.Tensor, dict]:
+    path = Path("<memory>") if isinstance(source, dict) else Path(source)
+    obj = source if isinstance(source, dict) else load_feature_object(path, what)
+    if not isinstance(obj, dict) or id_key not in obj or "data" not in obj:
+        raise FeatureFileError(f"{path}: not a {what} (expected keys '{id_key}' and 'data')")
+    ids = [str(i) for i in obj[id_key]]
+    data = _rows_to_tensor(path, obj["data"], what)
+    if data.shape[0] != len(ids):
+        raise FeatureFileError(f"{path}: {what} has {len(ids)} ids but {data.shape[0]} rows")
+    if len(set(ids)) != len(ids):
+        raise FeatureFileError(f"{path}: {what} has duplicate ids")
+    return ids, data, obj
+
+
+def load_dna_features(source: str | os.PathLike | dict) -> tuple[list[str], torch.Tensor]:
+    """Read a DNABERT-S feature file (new tensor format or the original list of dicts)."""
+    ids, data, _ = _load_features(source, "nucleotide", "DNABERT-S feature file")
+    return ids, data
+
+
+def load_protein_features(source: str | os.PathLike | dict) -> tuple[list[str], torch.Tensor]:
+    """Read a protein feature file (new tensor format or the original list of tensors)."""
+    ids, data, _ = _load_features(source, "proteins", "protein feature file")
+    return ids, data
+
+
+def _fasta_ids_and_seqs(path: str | os.PathLike, alphabet: str) -> tuple[list[str], list[str]]:
+    ids, seqs = [], []
+    for record in read_fasta(path, alphabet=alphabet, allow_empty=True):
+        ids.append(record.id)
+        seqs.append(record.seq)
+    return ids, seqs
+
+
+def _reusable(out_file: str | os.PathLike | None, id_key: str, ids: list[str], model_name: str) -> torch.Tensor | None:
+    """Return the data of ``out_file`` if it holds features of ``model_name`` for exactly ``ids``."""
+    if out_file is None or not Path(out_file).is_file():
+        return None
+    try:
+        stored_ids, data, obj = _load_features(out_file, id_key, "feature file")
+    except FeatureFileError as exc:
+        log.warning("recomputing %s: %s", out_file, exc)
+        return None
+    if obj.get("model") != model_name or stored_ids != ids or not torch.isfinite(data).all():
+        log.info("recomputing %s: made by another model or for other sequences", out_file)
+        return None
+    return data
+
+
+def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike | None,
+                      model_loaded: bool = False, tokenizer: Any = None, model: Any = None, *,
+                      model_location: str = DNABERT_S_MODEL, device: str | torch.device | None = "auto",
+                      batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = True,
+                      ) -> tuple[list[str], torch.Tensor]:
+    """Embed every sequence of a nucleotide FASTA with DNABERT-S; save and return ``(ids, data)``.
+
+    With ``model_loaded=True`` the given ``model``/``tokenizer`` are used as they are
+    (on the device they sit on).  ``out_file`` is written as
+    ``{'nucleotide': ids, 'data': tensor(N, 768), 'model': ...}``.
+    """
+    ids, seqs = _fasta_ids_and_seqs(input_file, "dna")
+    reused = _reusable(out_file, "nucleotide", ids, model_location if not model_loaded else model_name_of(model, model_location))
+    if reused is not None:
+        return ids, reused
+    if model_loaded:
+        if model is None or tokenizer is None:
+            raise ValueError("model_loaded=True needs both model and tokenizer")
+        loaded = wrap_loaded_model(model, tokenizer, model_location)
+    else:
+        loaded = load_dnabert_model(model_location, device)
+    data = embed_dna(seqs, loaded, batch_tokens=batch_tokens, progress=progress)
+    if out_file is not None:
+        atomic_torch_save({"nucleotide": ids, "data": data, "model": loaded.name}, out_file)
+    return ids, data
+
+
+
+def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MODEL,
+                truncation_seq_length: int = TRUNCATION_SEQ_LENGTH, toks_per_batch: int = DEFAULT_BATCH_TOKENS,
+                out_file: str | os.PathLike | None = None, model_loaded: bool = False, model: Any = None,
+                alphabet: Any = None, *, device: str | torch.device | None = "auto",
+                fp16: bool | None = None, progress: bool = True) -> tuple[list[str], torch.Tensor]:
+    """Embed every protein of a FASTA file with FastESM2; save and return ``(proteins, data)``.
+
+    ``alphabet`` is the tokenizer when ``model_loaded`` (the original passed the ESM
+    alphabet there); when it is None, ``model.tokenizer`` is used.  The model is used as
+    passed, never reloaded.  An existing ``out_file`` is reused only when it holds
+    features of the same model for exactly the same ids.  ``data`` is float32 (N, D).
+    """
+    ids, seqs = _fasta_ids_and_seqs(fasta_file, "protein")
+    name = model_name_of(model, model_location) if model_loaded else str(model_location)
+    reused = _reusable(out_file, "proteins", ids, name)
+    if reused is not None:
+        return ids, reused
+    if model_loaded:
+        tokenizer = alphabet if alphabet is not None else getattr(model, "tokenizer", None)
+        if model is None or tokenizer is None:
+            raise ValueError("model_loaded=True needs a model and a tokenizer (alphabet or model.tokenizer)")
+        loaded = wrap_loaded_model(model, tokenizer, name)
+    else:
+        loaded = load_protein_model(model_location, device, fp16)
+    log.info("read %s with %d sequences", fasta_file, len(ids))
+    data = embed_proteins(seqs, loaded, truncation_seq_length=truncation_seq_length,
+                          batch_tokens=toks_per_batch, ids=ids, progress=progress)
+    if out_file is not None:
+        atomic_torch_save({"proteins": ids, "data": data, "model": loaded.name}, out_file)
+    return ids, data
+
+
+def merge_data(DNABERT_S_data: str | os.PathLike | dict, ESM_data: str | os.PathLike | dict,
+               merged_file: str | os.PathLike | None, data_type: str | None = None) -> dict[str, Any]:
+    """Concatenate DNA and protein vectors of the ids present in both; save and return the dict.
+
+    Output: ``{'ids', 'data': tensor(N, dna_dim + protein_dim), 'dna_dim', 'protein_dim'}``
+    plus ``'labels': [1]`` for ``viral`` or ``[0]`` for ``host``.  ``ids`` are exactly the
+    rows kept, in DNA-file order.
+    """
+    if data_type not in (None, "viral", "host"):
+        raise ValueError(f"data_type must be None, 'viral' or 'host', got {data_type!r}")
+    dna_ids, dna = load_dna_features(DNABERT_S_data)
+    protein_ids, protein = load_protein_features(ESM_data)
+    protein_row = {pid: row for row, pid in enumerate(protein_ids)}
+    keep = [(row, protein_row[i]) for row, i in enumerate(dna_ids) if i in protein_row]
+    missing = len(dna_ids) - len(keep)
+    where = f"{DNABERT_S_data if not isinstance(DNABERT_S_data, dict) else '<DNA features>'} + " \
+            f"{ESM_data if not isinstance(ESM_data, dict) else '<protein features>'}"
+    if not keep:
+        raise FeatureFileError(f"{where}: no id is present in both feature files "
+                               f"({len(dna_ids)} DNA ids, {len(protein_ids)} protein ids)")
+    if missing:
+        log.warning("%s: %d of %d DNA ids have no protein vector and are left out", where, missing, len(dna_ids))
+    dna_rows = torch.tensor([r for r, _ in keep])
+    protein_rows = torch.tensor([p for _, p in keep])
+    merged = {
+        "ids": [dna_ids[r] for r, _ in keep],
+        "data": torch.cat((dna[dna_rows], protein[protein_rows]), dim=1),
+        "dna_dim": int(dna.shape[1]),
+        "protein_dim": int(protein.shape[1]),
+    }
+    if data_type is not None:
+        merged["labels"] = [1 if data_type == "viral" else 0]
+    if merged_file is not None:
+        atomic_torch_save(merged, merged_file)
+    return merged
+

@@ -1,0 +1,94 @@
+"""Opening text files (plain or gzip, detected from the bytes), atomic writes, hashes."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+GZIP_MAGIC = b"\x1f\x8b"
+TEXT_ENCODING = "utf-8"
+TEXT_ERRORS = "surrogateescape"  # non-UTF-8 header bytes round-trip unchanged
+HASH_BLOCK = 1 << 20
+TEMP_SUFFIX = ".tmp"
+
+
+def open_text(path: str | os.PathLike) -> IO[str]:
+    """Open a plain or gzip-compressed text file for reading (detected by content, not name)."""
+    path = Path(path)
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if magic == GZIP_MAGIC:
+        return gzip.open(path, "rt", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline=None)
+    return open(path, "r", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline=None)
+
+
+def open_text_output(path: str | os.PathLike) -> IO[str]:
+    """Open a text file for writing with the project's encoding and ``\\n`` line ends."""
+    return open(path, "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n")
+
+
+@functools.lru_cache(maxsize=1)
+def process_umask() -> int:
+    """The process umask, read once (reading it means setting it, so do it only once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_name_prefix(path: Path) -> str:
+    """The prefix of the temporary files :func:`atomic_write` makes beside ``path``."""
+    return f".{path.name}."
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temporary file beside ``path`` and rename it into place on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    try:
+        handle = open(tmp, mode) if "b" in mode else open_text_output(tmp)
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_temp_files(folder: Path, name_glob: str = "*") -> int:
+    """Remove the temporary files :func:`atomic_write` left in ``folder`` (a killed run); returns the count."""
+    removed = 0
+    if folder.is_dir():
+        for stale in folder.glob(f".{name_glob}.*{TEMP_SUFFIX}"):
+            if stale.is_file():
+                stale.unlink()
+                removed += 1
+    return removed
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file, so ``path`` is never half-written."""
+    import torch
+
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()

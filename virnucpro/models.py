@@ -1,0 +1,190 @@
+"""Devices and language models: choice of device, loading once per process, workarounds.
+
+Both models are remote-code Hugging Face models loaded with
+``AutoModel.from_pretrained(..., trust_remote_code=True)``: FastESM2 (protein, fp16
+on CUDA) and DNABERT-S (DNA, fp32).  The workarounds for their remote code live here
+and nowhere else.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+
+from .defaults import DNABERT_S_MODEL, FASTESM_MODEL
+from .errors import ModelLoadError, VirNucProError
+
+log = logging.getLogger("virnucpro")
+
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda``/``cuda:N`` into a usable device, or raise."""
+    if isinstance(device, torch.device):
+        return device
+    spec = (device or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(spec)
+    except RuntimeError:
+        raise VirNucProError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VirNucProError(f"device '{device}' requested but CUDA is not available")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise VirNucProError(f"device '{device}' requested but only "
+                                 f"{torch.cuda.device_count()} CUDA device(s) exist")
+    elif resolved.type != "cpu":
+        raise VirNucProError(f"unsupported device '{device}' (use auto, cpu, cuda or cuda:N)")
+    return resolved
+
+
+@dataclass
+class LoadedModel:
+    """A language model ready for inference, with what is needed to feed it."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    hidden_size: int
+
+
+_MODEL_CACHE: dict[tuple[str, str, str, str], LoadedModel] = {}
+
+
+@contextlib.contextmanager
+def _preserved_torch_backend_flags() -> Iterator[None]:
+    """FastESM2's remote code flips global TF32/cudnn settings on import; undo that."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision())
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved[:3]
+        torch.set_float32_matmul_precision(saved[3])
+
+
+@contextlib.contextmanager
+def _remote_code_without(packages: set[str]) -> Iterator[None]:
+    """Let transformers import remote code whose optional imports (triton) are absent.
+
+    transformers >= 4.51 refuses remote code importing a missing package even when the
+    code guards that import itself (DNABERT-S falls back to PyTorch attention).
+    """
+    import transformers.dynamic_module_utils as dynamic
+
+    original = dynamic.get_imports
+
+    def get_imports(filename: str | os.PathLike) -> list[str]:
+        return [name for name in original(filename) if name not in packages]
+
+    dynamic.get_imports = get_imports
+    try:
+        yield
+    finally:
+        dynamic.get_imports = original
+
+
+def _from_pretrained_error(kind: str, location: str, exc: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if Path(location).is_dir():
+        hint = "the local model directory is incomplete or damaged"
+    elif offline:
+        hint = ("the files are not in the local Hugging Face cache; run once with internet "
+                "access (without HF_HUB_OFFLINE) or pass a local model directory")
+    else:
+        hint = "check the model id or local directory, and network access for a first download"
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelLoadError(f"cannot load {kind} model '{location}': {first_line} ({hint})")
+
+
+def _model_hidden_size(model: Any) -> int:
+    config = getattr(model, "config", None)
+    size = getattr(config, "hidden_size", None)
+    if not isinstance(size, int):
+        raise ModelLoadError(f"model {type(model).__name__} has no config.hidden_size")
+    return size
+
+
+def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.device | None = "auto",
+                       fp16: bool | None = None) -> LoadedModel:
+    """Load FastESM2 (or a compatible model) once per process: fp16 on CUDA unless ``fp16=False``."""
+    device = resolve_device(device)
+    use_fp16 = device.type == "cuda" if fp16 is None else (fp16 and device.type == "cuda")
+    dtype = torch.float16 if use_fp16 else torch.float32
+    key = ("protein", str(model_location), str(device), str(dtype))
+    if key in _MODEL_CACHE:
+        return _MODEL_CACHE[key]
+    from transformers import AutoModel, AutoTokenizer
+
+    log.info("loading protein model %s on %s (%s)", model_location, device, dtype)
+    try:
+        with _preserved_torch_backend_flags():
+            model = AutoModel.from_pretrained(str(model_location), trust_remote_code=True,
+                                              torch_dtype=dtype)
+            tokenizer = getattr(model, "tokenizer", None)
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(str(model_location), trust_remote_code=True)
+    except (OSError, ValueError, ImportError, RuntimeError, SafetensorError) as exc:
+        raise _from_pretrained_error("protein", str(model_location), exc) from exc
+    model = model.to(device=device, dtype=dtype).eval()
+    loaded = LoadedModel(str(model_location), model, tokenizer, device, dtype, _model_hidden_size(model))
+    _MODEL_CACHE[key] = loaded
+    return loaded
+
+
+def load_dnabert_model(model_location: str = DNABERT_S_MODEL,
+                       device: str | torch.device | None = "auto") -> LoadedModel:
+    """Load DNABERT-S once per process, in fp32, with its PyTorch attention path."""
+    device = resolve_device(device)
+    key = ("dna", str(model_location), str(device), str(torch.float32))
+    if key in _MODEL_CACHE:
+        return _MODEL_CACHE[key]
+    from transformers import AutoModel, AutoTokenizer
+
+    log.info("loading DNA model %s on %s", model_location, device)
+    try:
+        with _remote_code_without({"triton"}):
+            tokenizer = AutoTokenizer.from_pretrained(str(model_location), trust_remote_code=True)
+            model = AutoModel.from_pretrained(str(model_location), trust_remote_code=True)
+    except (OSError, ValueError, ImportError, RuntimeError, SafetensorError) as exc:
+        raise _from_pretrained_error("DNA", str(model_location), exc) from exc
+    _disable_triton_attention(model)
+    model = model.to(device=device, dtype=torch.float32).eval()
+    loaded = LoadedModel(str(model_location), model, tokenizer, device, torch.float32, _model_hidden_size(model))
+    _MODEL_CACHE[key] = loaded
+    return loaded
+
+
+def _disable_triton_attention(model: Any) -> None:
+    """DNABERT-S's Triton flash attention fails on current Triton and on CPU: use PyTorch's."""
+    for cls in type(model).__mro__:
+        module = sys.modules.get(cls.__module__)
+        if module is not None and getattr(module, "flash_attn_qkvpacked_func", None) is not None:
+            module.flash_attn_qkvpacked_func = None
+            log.debug("disabled Triton attention in %s", module.__name__)
+
+
+
+def model_name_of(model: Any, default: str) -> str:
+    """The name or path a loaded model was made from, else ``default``."""
+    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or default)
+
+
+def wrap_loaded_model(model: Any, tokenizer: Any, default_name: str) -> LoadedModel:
+    """A :class:`LoadedModel` for a model the caller loaded itself (used as it is, where it is)."""
+    first = next(iter(model.parameters()))
+    return LoadedModel(model_name_of(model, default_name), model, tokenizer, first.device, first.dtype,
+                       _model_hidden_size(model))
+

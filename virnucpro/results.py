@@ -1,0 +1,105 @@
+"""Per-shard result files and the roll-up frame -> chunk -> sequence.
+
+The per-frame rows of ``prediction_results.txt``, the per-chunk consensus of
+``prediction_results_highestscore.csv`` (the original's rule: a chunk is viral when
+its highest virus score >= its highest other score) and the per-sequence rows of
+``prediction_summary.tsv``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from . import ids
+from .defaults import VIRUS_CLASS
+from .fasta import write_fasta_record
+from .files import atomic_torch_save, atomic_write
+from .outputs import shard_features_name
+from .shards import SequenceInfo, Shard
+
+if TYPE_CHECKING:
+    import torch
+
+SHARD_PARTS = ("chunked.fa", "nucleotide.fa", "protein.faa", "results.tsv", "consensus.tsv", "summary.tsv")
+
+
+def shard_path(work: Path, index: int, part: str) -> Path:
+    """One file of a shard in the work directory."""
+    return work / f"shard_{index:06d}.{part}"
+
+
+def write_shard(work: Path, shard: Shard, probabilities: np.ndarray, label_map: dict[int, str],
+                features: torch.Tensor | None, features_dir: Path | None, meta: dict) -> None:
+    """Write every file of one shard atomically, then its ``done`` marker."""
+    with atomic_write(shard_path(work, shard.index, "chunked.fa")) as handle:
+        for chunk_id, chunk in shard.chunks:
+            write_fasta_record(handle, chunk_id, chunk)
+    with atomic_write(shard_path(work, shard.index, "nucleotide.fa")) as handle:
+        handle.writelines(f">{i}\n{s}\n" for i, s in zip(shard.frame_ids, shard.nucleotides))
+    with atomic_write(shard_path(work, shard.index, "protein.faa")) as handle:
+        handle.writelines(f">{i}\n{s}\n" for i, s in zip(shard.frame_ids, shard.proteins))
+
+    predicted = probabilities.argmax(axis=1) if len(probabilities) else np.empty(0, dtype=int)
+    with atomic_write(shard_path(work, shard.index, "results.tsv")) as handle:
+        for frame_id, label, row in zip(shard.frame_ids, predicted, probabilities):
+            scores = "\t".join(format_score(p) for p in row)
+            handle.write(f"{frame_id}\t{label_map[int(label)]}\t{scores}\n")
+
+    best = chunk_best_scores(shard.frame_ids, probabilities)
+    with atomic_write(shard_path(work, shard.index, "consensus.tsv")) as handle:
+        handle.writelines(consensus_lines(best))
+    with atomic_write(shard_path(work, shard.index, "summary.tsv")) as handle:
+        for info in shard.sequences:
+            handle.write("\t".join(summary_row(info, best)) + "\n")
+    if features_dir is not None and features is not None:
+        atomic_torch_save({"ids": list(shard.frame_ids), "data": features,
+                           "dna_dim": meta["dna_dim"], "protein_dim": meta["protein_dim"]},
+                          features_dir / shard_features_name(shard.index))
+    with atomic_write(shard_path(work, shard.index, "done")) as handle:
+        json.dump({"sequences": len(shard.sequences), "chunks": shard.chunk_count,
+                   "frames": len(shard.frame_ids)}, handle)
+
+
+def chunk_best_scores(frame_ids: Sequence[str], probabilities: np.ndarray) -> dict[str, list[np.float32]]:
+    """Per chunk (frame id minus its 2-character frame tag): [max score1, max score2]."""
+    best: dict[str, list[np.float32]] = {}
+    for frame_id, row in zip(frame_ids, probabilities):
+        chunk_id = ids.chunk_of_frame(frame_id)
+        current = best.get(chunk_id)
+        if current is None:
+            best[chunk_id] = [row[0], row[VIRUS_CLASS]]
+        else:
+            current[0] = max(current[0], row[0])
+            current[1] = max(current[1], row[VIRUS_CLASS])
+    return best
+
+
+def consensus_lines(best: dict[str, list[np.float32]]) -> list[str]:
+    """prediction_results_highestscore.csv rows, sorted by chunk id: Is_Virus = max(score2) >= max(score1)."""
+    return [f"{chunk_id}\t{bool(best[chunk_id][1] >= best[chunk_id][0])}\n" for chunk_id in sorted(best)]
+
+
+def summary_row(info: SequenceInfo, best: dict[str, list[np.float32]]) -> list[str]:
+    """One prediction_summary.tsv row for an input sequence."""
+    scored = [best[c] for c in info.chunk_ids if c in best]
+    viral = sum(1 for others, virus in scored if virus >= others)
+    if scored:
+        fraction = viral / len(scored)
+        max_virus = format_score(max(virus for _, virus in scored))
+        mean_virus = f"{float(np.mean([float(virus) for _, virus in scored])):.6f}"
+        call = "virus" if fraction >= 0.5 else "others"
+        fraction_text = f"{fraction:.4f}"
+    else:
+        fraction_text, max_virus, mean_virus, call = "NA", "NA", "NA", "no_call"
+    return [info.seq_id, str(info.length), str(len(info.chunk_ids)), str(len(scored)), str(viral),
+            fraction_text, max_virus, mean_virus, call]
+
+
+
+def format_score(value: np.float32) -> str:
+    """Scores are written as the original did: ``str`` of a numpy float32."""
+    return str(np.float32(value))
+

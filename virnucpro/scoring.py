@@ -1,0 +1,81 @@
+"""Scoring a shard: the classifier and the two language models of a run, loaded once."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .classifier import load_checkpoint
+from .embed import embed_dna, embed_proteins
+from .errors import CheckpointError
+from .models import LoadedModel, load_dnabert_model, load_protein_model
+from .outputs import checkpoint_name
+from .shards import Shard
+
+MLP_BATCH_ROWS = 4096
+
+
+@dataclass
+class Scorer:
+    """The three models of a run, loaded once."""
+
+    classifier: torch.nn.Module
+    meta: dict
+    dna: LoadedModel
+    protein: LoadedModel
+    device: torch.device
+    batch_tokens: int
+    progress: bool
+
+    def features(self, shard: Shard) -> torch.Tensor:
+        """DNA and protein embeddings of a shard's frames, concatenated (N, dna_dim + protein_dim)."""
+        dna = embed_dna(shard.nucleotides, self.dna, batch_tokens=self.batch_tokens, progress=self.progress)
+        protein = embed_proteins(shard.proteins, self.protein, batch_tokens=self.batch_tokens,
+                                 ids=shard.frame_ids, progress=self.progress)
+        return torch.cat((dna, protein), dim=1)
+
+    def score(self, shard: Shard) -> tuple[torch.Tensor, np.ndarray]:
+        """The merged features and class probabilities of a shard's frames."""
+        if not shard.frame_ids:
+            return (torch.empty((0, self.meta["input_dim"])),
+                    np.empty((0, self.meta["num_class"]), dtype=np.float32))
+        features = self.features(shard)
+        return features, self.probabilities(features)
+
+    def probabilities(self, features: torch.Tensor) -> np.ndarray:
+        """Softmax class probabilities, float32 (N, num_class)."""
+        out = np.empty((features.shape[0], self.meta["num_class"]), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, features.shape[0], MLP_BATCH_ROWS):
+                batch = features[start:start + MLP_BATCH_ROWS].to(self.device)
+                out[start:start + batch.shape[0]] = F.softmax(self.classifier(batch), dim=1).cpu().numpy()
+        return out
+
+
+def load_classifier(checkpoint_path: Path, length: int) -> tuple[torch.nn.Module, dict]:
+    """The checkpoint, refused before any heavy work when it is foreign, legacy or for another LENGTH."""
+    classifier, meta = load_checkpoint(checkpoint_path, "cpu")
+    if meta["chunk_size"] != length:
+        raise CheckpointError(
+            f"{checkpoint_path}: model was trained on {meta['chunk_size']}-bp chunks but LENGTH is "
+            f"{length}; use the {checkpoint_name(length)} model or LENGTH {meta['chunk_size']}")
+    return classifier, meta
+
+
+def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, device: torch.device, *,
+                dnabert_model: str, esm_model: str, protein_fp16: bool, batch_tokens: int,
+                progress: bool) -> Scorer:
+    """Load the two language models and check that their widths fit the classifier."""
+    dna = load_dnabert_model(dnabert_model, device)
+    protein = load_protein_model(esm_model, device, fp16=protein_fp16)
+    if (dna.hidden_size, protein.hidden_size) != (meta["dna_dim"], meta["protein_dim"]):
+        raise CheckpointError(
+            f"{checkpoint_path}: model expects features {meta['dna_dim']} (DNA, {meta['dna_model']}) + "
+            f"{meta['protein_dim']} (protein, {meta['protein_model']}) wide, but the language models "
+            f"give {dna.hidden_size} + {protein.hidden_size}; use the language models it was trained with")
+    classifier.to(device)
+    return Scorer(classifier, meta, dna, protein, device, batch_tokens, progress)
+
