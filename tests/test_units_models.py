@@ -13,6 +13,7 @@ import standins
 import units
 import virnucpro.embed
 import virnucpro.models
+from virnucpro import provenance
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +160,14 @@ def test_model_directory_without_weights_raises_model_load_error(esm_model_dir, 
 
 
 def test_triton_attention_is_disabled(monkeypatch, tmp_path, dnabert_model_dir, dna):
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
     for name, module in standins.fake_triton_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
     copy = standins.copy_model_dir(dnabert_model_dir, tmp_path / f"dnabert_triton_{uuid.uuid4().hex[:8]}")
-    raw = AutoModel.from_pretrained(str(copy), trust_remote_code=True)
+    config = AutoConfig.from_pretrained(str(copy), trust_remote_code=True)
+    raw = AutoModel.from_config(config, trust_remote_code=True)  # the remote code as it is, real init
     module = sys.modules[type(raw).__module__]
     assert module.flash_attn_qkvpacked_func is not None  # the stand-in took the Triton path
     ids = torch.tensor([dna.tokenizer("ACGTTGCA")["input_ids"]])
@@ -346,17 +348,21 @@ def test_extract_esm_reuses_only_valid_matching_out_file(esm, esm_model_dir, tmp
     out = tmp_path / "p.pt"
     location = str(esm_model_dir)
     ids, real = units.extract_esm(fasta, model_location=location, out_file=out, device="cpu", progress=False)
-    name = torch.load(out, weights_only=True)["model"]
+    written = torch.load(out, weights_only=True)
+    name, revision = written["model"], written["model_revision"]
+    assert revision == provenance.resolve_model_revision(location) and revision.startswith("sha256:")
 
     def run() -> torch.Tensor:
         return units.extract_esm(fasta, model_location=location, out_file=out, device="cpu", progress=False)[1]
 
     sentinel = torch.zeros(4, 64)
-    torch.save({"proteins": ids, "data": sentinel, "model": name}, out)
-    torch.testing.assert_close(run(), sentinel)  # valid file of the same model and ids: reused
+    torch.save({"proteins": ids, "data": sentinel, "model": name, "model_revision": revision}, out)
+    torch.testing.assert_close(run(), sentinel)  # valid file of the same model, revision and ids: reused
 
     for stale in (
         {"proteins": ids, "data": sentinel, "model": "some/other-model"},       # another model
+        {"proteins": ids, "data": sentinel, "model": name},                      # revision not recorded
+        {"proteins": ids, "data": sentinel, "model": name, "model_revision": "sha256:" + "0" * 64},
         {"proteins": ids[::-1], "data": sentinel, "model": name},                # other ids / order
         {"proteins": ids[:3], "data": sentinel[:3], "model": name},             # fewer ids
         {"proteins": ids, "data": [t for t in sentinel]},                        # original format, no model
@@ -366,6 +372,7 @@ def test_extract_esm_reuses_only_valid_matching_out_file(esm, esm_model_dir, tmp
         torch.save(stale, out)
         torch.testing.assert_close(run(), real, atol=1e-5, rtol=0)
         assert torch.load(out, weights_only=True)["model"] == name
+        assert torch.load(out, weights_only=True)["model_revision"] == revision
     out.write_bytes(b"not a torch file")
     torch.testing.assert_close(run(), real, atol=1e-5, rtol=0)
 
@@ -376,14 +383,18 @@ def test_extract_dnabert_reuses_only_valid_matching_out_file(dna, dnabert_model_
     out = tmp_path / "n.pt"
     location = str(dnabert_model_dir)
     ids, real = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)
-    name = torch.load(out, weights_only=True)["model"]
+    written = torch.load(out, weights_only=True)
+    name, revision = written["model"], written["model_revision"]
+    assert revision == provenance.resolve_model_revision(location)
     sentinel = torch.zeros(3, 768)
-    torch.save({"nucleotide": ids, "data": sentinel, "model": name}, out)
+    torch.save({"nucleotide": ids, "data": sentinel, "model": name, "model_revision": revision}, out)
     got = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)[1]
     torch.testing.assert_close(got, sentinel)
-    torch.save({"nucleotide": ids, "data": sentinel, "model": "other"}, out)
-    got = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)[1]
-    torch.testing.assert_close(got, real, atol=1e-5, rtol=0)
+    for stale in ({"nucleotide": ids, "data": sentinel, "model": "other", "model_revision": revision},
+                  {"nucleotide": ids, "data": sentinel, "model": name, "model_revision": "f" * 40}):
+        torch.save(stale, out)
+        got = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)[1]
+        torch.testing.assert_close(got, real, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["protein", "dna"])
