@@ -53,6 +53,9 @@ def build_parser() -> cli.CliArgumentParser:
                         help="keep the merged feature files in OUTDIR/features/")
     parser.add_argument("--force", action="store_true",
                         help="discard earlier results of this program in OUTDIR and start over")
+    parser.add_argument("--strict-models", action="store_true",
+                        help="refuse to run when the language models (their resolved revisions) differ from "
+                             "those the checkpoint was trained with, instead of warning")
     return parser
 
 
@@ -87,8 +90,12 @@ def prepare_outdir(outdir: Path) -> None:
 
 
 
-def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -> dict:
-    """Everything that determines the output bytes; a rerun must match it to resume."""
+def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, revisions: dict[str, str]) -> dict:
+    """Everything that determines the output bytes; a rerun must match it to resume.
+
+    ``revisions`` (``dna``/``protein`` -> resolved revision) identify the language-model
+    weights, so a resume with other weights at the same path is refused.
+    """
     from virnucpro.files import file_sha256
     from virnucpro.runstate import MANIFEST_VERSION
 
@@ -99,6 +106,8 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -
         "checkpoint_sha256": file_sha256(checkpoint),
         "esm_model": str(args.esm_model),
         "dnabert_model": str(args.dnabert_model),
+        "esm_model_revision": revisions["protein"],
+        "dnabert_model_revision": revisions["dna"],
         "device_type": device_type,
         "protein_fp16": device_type == "cuda" and not args.fp32,
         "batch_tokens": args.batch_tokens,
@@ -111,6 +120,7 @@ def predict(args: argparse.Namespace) -> int:
     """Score ``args.input`` into ``args.outdir``, resuming from finished shards."""
     from virnucpro.fasta import check_input_file, read_fasta
     from virnucpro.models import resolve_device
+    from virnucpro.provenance import check_against_checkpoint, resolve_model_revision
     from virnucpro.results import shard_path, write_shard
     from virnucpro.runstate import finalise, open_run
     from virnucpro.scoring import load_classifier, load_scorer
@@ -121,17 +131,22 @@ def predict(args: argparse.Namespace) -> int:
     checkpoint = find_checkpoint(args.model, args.length)
     classifier, meta = load_classifier(checkpoint, args.length)
     device = resolve_device(args.device)
+    revisions = {"dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+                 "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
+    check_against_checkpoint(checkpoint, meta, {"dna": (str(args.dnabert_model), revisions["dna"]),
+                                                "protein": (str(args.esm_model), revisions["protein"])},
+                             args.strict_models)
     # A first pass validates the whole input, so bad records are reported before models load.
     for _ in read_fasta(args.input, alphabet="dna"):
         pass
     stem = outputs.input_stem(args.input)
-    settings = run_settings(args, checkpoint, device.type)
+    settings = run_settings(args, checkpoint, device.type, revisions)
     work, finished = open_run(args.outdir, settings, args.force, stem, args.length)
     if finished:
         log.info("%s is complete already (use --force to recompute)", args.outdir)
         return cli.EXIT_OK
     scorer = load_scorer(checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
-                         esm_model=args.esm_model, protein_fp16=not args.fp32,
+                         esm_model=args.esm_model, protein_fp16=not args.fp32, revisions=revisions,
                          batch_tokens=args.batch_tokens, progress=not args.quiet)
     features_dir = args.outdir / outputs.FEATURES_DIR_NAME if args.keep_features else None
 
