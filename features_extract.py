@@ -336,12 +336,12 @@ def warn_about_leftovers(splits: list[Split]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # fail early on a bad --device
-    args.resolved_revisions = {  # fail early on a missing model; every merged file records these
-        "dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
-        "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
     sources = find_sources(args.data_dir)
     progress = not args.quiet
     splits = select_splits(args.data_dir, sources, args.sequences_per_file, args.seed, progress)
+    args.resolved_revisions = {  # every merged file records these
+        "dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+        "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
     made = 0
     for split in tqdm(splits, desc="feature files", unit="file", disable=not progress):
         made += process_split(split, args, progress)

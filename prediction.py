@@ -116,11 +116,22 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, r
     }
 
 
+def model_revisions(args: argparse.Namespace, checkpoint: Path, meta: dict) -> dict[str, str]:
+    """The two models' resolved revisions, checked against the checkpoint's (``--strict-models``: refused)."""
+    from virnucpro.provenance import check_against_checkpoint, resolve_model_revision
+
+    revisions = {"dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+                 "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
+    check_against_checkpoint(checkpoint, meta, {"dna": (str(args.dnabert_model), revisions["dna"]),
+                                                "protein": (str(args.esm_model), revisions["protein"])},
+                             args.strict_models)
+    return revisions
+
+
 def predict(args: argparse.Namespace) -> int:
     """Score ``args.input`` into ``args.outdir``, resuming from finished shards."""
     from virnucpro.fasta import check_input_file, read_fasta
     from virnucpro.models import resolve_device
-    from virnucpro.provenance import check_against_checkpoint, resolve_model_revision
     from virnucpro.results import shard_path, write_shard
     from virnucpro.runstate import finalise, open_run
     from virnucpro.scoring import load_classifier, load_scorer
@@ -131,14 +142,10 @@ def predict(args: argparse.Namespace) -> int:
     checkpoint = find_checkpoint(args.model, args.length)
     classifier, meta = load_classifier(checkpoint, args.length)
     device = resolve_device(args.device)
-    revisions = {"dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
-                 "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
-    check_against_checkpoint(checkpoint, meta, {"dna": (str(args.dnabert_model), revisions["dna"]),
-                                                "protein": (str(args.esm_model), revisions["protein"])},
-                             args.strict_models)
     # A first pass validates the whole input, so bad records are reported before models load.
     for _ in read_fasta(args.input, alphabet="dna"):
         pass
+    revisions = model_revisions(args, checkpoint, meta)
     stem = outputs.input_stem(args.input)
     settings = run_settings(args, checkpoint, device.type, revisions)
     work, finished = open_run(args.outdir, settings, args.force, stem, args.length)

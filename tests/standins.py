@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised stand-ins for the two remote-code language models.
+"""Tiny, randomly initialised stand-ins for the language models.
 
 Nothing here is copied from the real models: the source files below are small models
 written for the tests that have the same *interfaces* as the real ones, and they are
@@ -19,6 +19,13 @@ loaded through the same path as the real ones,
   the code by hub id when triton is absent (unless ``units`` works around it).  The stand-in
   ``flash_attn_qkvpacked_func`` raises on CPU tensors, as the real Triton kernel asserts.
   The tokenizer is a ``PreTrainedTokenizerFast`` (small BPE over DNA, ``[CLS] $A [SEP]``).
+  Like the real model, the encoder builds its ALiBi tensor in ``__init__`` (a plain attribute
+  from ``torch.arange`` and a legacy ``torch.Tensor(list)``), so transformers 5's meta-device
+  ``from_pretrained`` fails on it with "Tensor on device meta is not on the expected device cpu".
+
+* ESM-2 stand-in (real: ``facebook/esm2_t33_650M_UR50D`` and kin): a tiny plain
+  ``transformers.EsmModel`` (no remote code, no ``tokenizer`` attribute) with an
+  ``EsmTokenizer`` saved beside it.
 
 ``install_fake_hub`` lays such directories out as an offline Hugging Face cache
 (``HF_HOME/hub/models--owner--name/{refs/main, snapshots/<sha>/...}``) so the default hub
@@ -497,6 +504,32 @@ def build_dnabert_standin(directory: str | os.PathLike, *, num_heads: int = 4, i
     return directory
 
 
+def build_esm2_standin(directory: str | os.PathLike, *, hidden_size: int = 32, num_layers: int = 2,
+                       num_heads: int = 4, seed: int = 0) -> Path:
+    """Write a tiny plain ``transformers.EsmModel`` (no remote code, like facebook/esm2_*) and its EsmTokenizer."""
+    import torch
+    from transformers import EsmConfig, EsmModel, EsmTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(ESM_VOCAB) + "\n")
+    EsmTokenizer(str(directory / "vocab.txt")).save_pretrained(str(directory))
+    config = EsmConfig(vocab_size=len(ESM_VOCAB), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                       num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
+                       max_position_embeddings=1026, position_embedding_type="rotary", token_dropout=True,
+                       emb_layer_norm_before=False, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0, pad_token_id=ESM_VOCAB.index("<pad>"),
+                       mask_token_id=ESM_VOCAB.index("<mask>"), architectures=["EsmModel"])
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = EsmModel(config)
+    finally:
+        torch.random.set_rng_state(state)
+    model.eval().save_pretrained(str(directory), safe_serialization=True)
+    return directory
+
+
 def copy_model_dir(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """A copy of a stand-in directory under another name (a fresh remote-code module for transformers)."""
     target = Path(target)
@@ -510,8 +543,8 @@ def copy_model_dir(source: str | os.PathLike, target: str | os.PathLike) -> Path
 
 
 def add_to_fake_hub(hub_cache: str | os.PathLike, repo_id: str, source_dir: str | os.PathLike,
-                    sha: str | None = None) -> Path:
-    """Lay ``source_dir`` out as ``hub_cache/models--owner--name`` (refs/main + snapshots/<sha>)."""
+                    sha: str | None = None, ref: str = "main") -> Path:
+    """Lay ``source_dir`` out as ``hub_cache/models--owner--name`` (refs/<ref> + snapshots/<sha>)."""
     import hashlib
 
     sha = sha or FAKE_SHAS.get(repo_id) or hashlib.sha1(repo_id.encode()).hexdigest()
@@ -519,7 +552,7 @@ def add_to_fake_hub(hub_cache: str | os.PathLike, repo_id: str, source_dir: str 
     snapshot = repo / "snapshots" / sha
     snapshot.mkdir(parents=True, exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(sha)
+    (repo / "refs" / ref).write_text(sha)
     for item in Path(source_dir).iterdir():
         if item.is_file():
             target = snapshot / item.name
