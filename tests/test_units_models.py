@@ -483,6 +483,26 @@ def test_both_loading_paths_equal_a_model_built_by_hand(kind, real_init, esm_mod
         torch.testing.assert_close(units.embed_dna(seqs, loaded), units.embed_dna(seqs, by_hand), atol=0, rtol=0)
 
 
+def test_from_config_path_takes_prefixed_keys_and_refuses_missing_weights(dna, dnabert_model_dir, tmp_path,
+                                                                         monkeypatch):
+    """Checkpoints saved from a model with a head ("bert." keys) load; a missing weight is an error."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setattr(virnucpro.models, "_builds_on_meta_device", lambda: True)
+    state = load_file(str(dnabert_model_dir / "model.safetensors"))
+    prefixed = standins.copy_model_dir(dnabert_model_dir, tmp_path / f"dnabert_prefixed_{uuid.uuid4().hex[:8]}")
+    save_file({f"bert.{k}": v for k, v in state.items()}, str(prefixed / "model.safetensors"), metadata={"format": "pt"})
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
+    seqs = random_dnas(3, 23)
+    torch.testing.assert_close(units.embed_dna(seqs, units.load_dnabert_model(str(prefixed), "cpu")),
+                               units.embed_dna(seqs, dna), atol=0, rtol=0)
+    lacking = standins.copy_model_dir(dnabert_model_dir, tmp_path / f"dnabert_lacking_{uuid.uuid4().hex[:8]}")
+    save_file({k: v for k, v in state.items() if "pooler" not in k}, str(lacking / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(units.ModelLoadError, match="lacks .* weights .*pooler.*incomplete or damaged"):
+        units.load_dnabert_model(str(lacking), "cpu")
+
+
 CROSS_MAJOR_PROTEINS = ["MKVLAWTTQ", "ACDEFGHIKLMNPQRSTVWY" * 3, "MSTNPKPQRKTKRNTNRRPQDVKFPGG"]
 CROSS_MAJOR_DNA = ["ACGTACGTTAGC" * 20, "GGCATTACAGATTACA" * 9, "TTGACA"]
 

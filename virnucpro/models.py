@@ -112,7 +112,7 @@ _MIN_VERSION = (4, 47)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 _DAMAGED_SIGNS = ("safetensor", "header", "deserializ", "unpickl", "pytorchstreamreader", "eof", "truncat",
-                  "invalid load key", "zip archive", "corrupt")
+                  "invalid load key", "zip archive", "corrupt", "lacks")
 _CODE_ERRORS = (ImportError, AttributeError, TypeError, NameError, NotImplementedError, KeyError)
 
 
@@ -246,7 +246,11 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint_weights(model: Any, location: str, revision: str | None) -> None:
-    """Copy a model's checkpoint weights into an already built model; every parameter must be found."""
+    """Copy a model's checkpoint weights into an already built model; every parameter must be found.
+
+    Keys saved with the base-model prefix (``bert.``, ``esm.``) or without it, and the old
+    LayerNorm names ``gamma``/``beta``, are accepted, as ``from_pretrained`` accepts them.
+    """
     state: dict[str, torch.Tensor] = {}
     for path in _checkpoint_files(location, revision):
         state.update(_read_weights(path))
@@ -260,6 +264,8 @@ def load_checkpoint_weights(model: Any, location: str, revision: str | None) -> 
     state = {re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k)) if k not in expected else k: v
              for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
+    parameters = {name for name, _ in model.named_parameters()}
+    missing = [k for k in missing if k in parameters]  # buffers keep the values __init__ computed
     if missing:
         raise RuntimeError(f"the checkpoint lacks {len(missing)} of the model's weights (e.g. {missing[0]}): "
                            "incomplete or damaged weights")
