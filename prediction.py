@@ -14,6 +14,7 @@ command; outputs are only ever renamed into place once complete.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -22,8 +23,9 @@ RESUME_HINT = "rerun the same command to resume"
 
 
 def _interrupted_during_imports(signum: int, frame: object) -> None:
-    print(f"{PROG}: interrupted; {RESUME_HINT}", file=sys.stderr)
-    sys.exit(128 + signum)
+    # Nothing is written yet; an exception raised here could be wrapped by the import machinery.
+    print(f"{PROG}: interrupted; {RESUME_HINT}", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -35,7 +37,6 @@ if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Iterator, Sequence  # noqa: E402
@@ -135,8 +136,12 @@ def check_length(length: int) -> None:
 
 
 def output_stem(source) -> str:
-    """The name the outputs are called by: the input's stem, ``stdin`` for ``-``."""
-    return "stdin" if source.is_stdin else outputs.input_stem(source.path)
+    """The name the outputs are called by: the input's stem; ``stdin`` for ``-`` and unnamed pipes (``<(...)``)."""
+    import re
+
+    if source.is_stdin or re.fullmatch(r"/(dev|proc/[^/]+)/fd/[0-9]+|/dev/stdin", str(source.path)):
+        return "stdin"
+    return outputs.input_stem(source.path)
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -147,28 +152,29 @@ def predict(args: argparse.Namespace) -> int:
     check_length(args.length)
     source = input_source(args.input)
     created = prepare_outdir(args.outdir)
-    lock = RunLock(args.outdir)
+    had_work = (args.outdir / outputs.WORK_DIR_NAME).exists()
     try:
-        with lock:
+        with RunLock(args.outdir):
             return _predict_locked(args, source)
     except BaseException:
-        if created:
-            remove_if_unused(args.outdir)
+        if not had_work:
+            remove_if_unused(args.outdir, remove_outdir=created)
         raise
 
 
-def remove_if_unused(outdir: Path) -> None:
-    """Remove an OUTDIR this run created when no shard was finished in it."""
+def remove_if_unused(outdir: Path, remove_outdir: bool) -> None:
+    """After a failed run: remove the work directory it made if no shard was finished, and OUTDIR if empty."""
     import shutil
 
     work = outdir / outputs.WORK_DIR_NAME
     if any(work.glob("shard_*.done")):
         return  # a rerun resumes from these
     shutil.rmtree(work, ignore_errors=True)
-    try:
-        outdir.rmdir()
-    except OSError:
-        pass  # not empty: someone else's files
+    if remove_outdir:
+        try:
+            outdir.rmdir()
+        except OSError:
+            pass  # not empty: someone else's files
 
 
 def _predict_locked(args: argparse.Namespace, source) -> int:

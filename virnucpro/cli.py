@@ -111,9 +111,23 @@ def run_cli(prog: str, body: Callable[[], int | None], interrupted_hint: str = "
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         return _interrupted(prog, exc, interrupted_hint)
-    except Exception:  # noqa: BLE001 - unexpected: keep the traceback for a bug report
+    except Exception as exc:  # noqa: BLE001 - unexpected: keep the traceback for a bug report
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None:  # a signal raised inside code that wrapped it (e.g. an import)
+            return _interrupted(prog, interrupt, interrupted_hint)
         log.exception("%s: unexpected failure", prog)
         return EXIT_FAILURE
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (or :class:`Terminated`) an exception was raised from, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _interrupted(prog: str, exc: BaseException, hint: str) -> int:

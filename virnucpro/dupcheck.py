@@ -29,6 +29,7 @@ class DuplicateIds:
         self._hashes = array("q")
         self._offsets = array("q")
         self._spilled = False
+        self.close()  # spill files a killed pass left behind would mix in
 
     def add(self, record_id: str, offset: int) -> None:
         """Record one id and the byte offset of its record."""

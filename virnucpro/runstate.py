@@ -98,7 +98,9 @@ def open_run(outdir: Path, settings: dict, force: bool, stem: str, length: int,
             raise _changed_error(outdir, changed)
         index.save(work)
         finished = bool(previous.get("finished")) and all(p.is_file() for p in final_outputs(outdir, stem, length))
-        if not finished:
+        if finished:
+            (work / SPOOL_NAME).unlink(missing_ok=True)  # a stream read again only to check its hash
+        else:
             log.info("resuming the run in %s", outdir)
         return work, index, finished
     index.save(work)

@@ -10,7 +10,8 @@ reused on resume while the input file's size and modification time are unchanged
 (for gzip it decompresses forward without parsing) and reads on sequentially without
 seeking.  Every shard read is checked against the index.  Typical use, also by several
 processes: one builds or loads the index (:func:`load_index` / :func:`build_index`),
-every process then reads its shards with ``ShardReader(index, work).read(k)``.
+the others load it with :func:`read_saved_index`, and every process reads its shards
+with ``ShardReader(index, work).read(k)``.
 """
 from __future__ import annotations
 
@@ -118,20 +119,26 @@ class ShardIndex:
             json.dump(asdict(self), handle, separators=(",", ":"))
 
 
-def load_index(work: Path, source: InputSource, chunk_size: int, shard_chunks: int) -> ShardIndex | None:
-    """The saved index when it is for this input file, unchanged, at these sizes; else None."""
+def read_saved_index(work: Path) -> ShardIndex | None:
+    """The index saved in ``work`` as it is (for a process that did not build it); None if absent or damaged."""
     path = work / INDEX_NAME
-    if source.stream or not path.is_file():
+    if not path.is_file():
         return None
     try:
         raw = json.loads(path.read_text())
         raw["shards"] = [ShardEntry(**entry) for entry in raw["shards"]]
-        index = ShardIndex(**raw)
+        return ShardIndex(**raw)
     except (OSError, ValueError, TypeError, KeyError):
-        log.warning("%s: damaged shard index; reading the input again", path)
+        log.warning("%s: damaged shard index; it is made again", path)
         return None
-    if (index.version, index.source, index.stat_key, index.chunk_size, index.shard_chunks, index.spooled) != (
-            INDEX_VERSION, str(source.path), source.stat_key(), chunk_size, shard_chunks, False):
+
+
+def load_index(work: Path, source: InputSource, chunk_size: int, shard_chunks: int) -> ShardIndex | None:
+    """The saved index when it is for this input file, unchanged, at these sizes; else None (streams: None)."""
+    index = None if source.stream else read_saved_index(work)
+    if index is None or (index.version, index.source, index.stat_key, index.chunk_size, index.shard_chunks,
+                         index.spooled) != (INDEX_VERSION, str(source.path), source.stat_key(), chunk_size,
+                                            shard_chunks, False):
         return None
     return index
 
