@@ -424,7 +424,8 @@ def _feed(fd: int, data: bytes) -> threading.Thread:
     return thread
 
 
-@pytest.mark.parametrize("kind", ["stdin", "fifo", "process_substitution"])
+@pytest.mark.parametrize("kind", [pytest.param("stdin", marks=pytest.mark.slow),
+                                  pytest.param("fifo", marks=pytest.mark.slow), "process_substitution"])
 def test_stream_input_is_read_once_and_reruns_resume(run, tmp_path, golden_dir, monkeypatch, kind):
     data = gzip.compress((golden_dir / "reads.fa").read_bytes())
     assert run(golden_dir / "reads.fa", 300, tmp_path / "file") == 0
@@ -460,6 +461,7 @@ def test_stream_input_is_read_once_and_reruns_resume(run, tmp_path, golden_dir, 
     assert not (out / outputs.WORK_DIR_NAME / "input.spool").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_piped_run_resumes_from_the_stream_read_again(run, tmp_path, golden_dir, monkeypatch):
     from virnucpro import results
 

@@ -219,7 +219,8 @@ def _fail_fsync_for(monkeypatch, marker: str) -> list[str]:
 
 
 @pytest.mark.parametrize("marker, what", [(".shard_000001.", "shard 1"),
-                                          (f".{outputs.SUMMARY_NAME}.", "the final outputs")])
+                                          pytest.param(f".{outputs.SUMMARY_NAME}.", "the final outputs",
+                                                       marks=pytest.mark.slow)])
 def test_full_disk_gives_one_line_removes_temp_files_and_resumes(run, tmp_path, golden_dir, capsys, monkeypatch,
                                                                  marker, what):
     out = tmp_path / "out"
@@ -292,7 +293,7 @@ def test_checkpoints_that_cannot_be_classifiers_are_refused_unread(run, tmp_path
 
 def test_damaged_manifest_says_so_and_how_to_start_over(run, tmp_path, golden_dir, capsys):
     out = tmp_path / "out"
-    assert run(golden_dir / "reads.fa", 300, out) == 0
+    (out / outputs.WORK_DIR_NAME).mkdir(parents=True)
     (out / outputs.WORK_DIR_NAME / outputs.MANIFEST_NAME).write_text('{"chunk_si')
     assert run(golden_dir / "reads.fa", 300, out) == 2
     err = capsys.readouterr().err
