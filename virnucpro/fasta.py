@@ -21,6 +21,7 @@ PROTEIN_REPLACEMENTS = {"*": "X", "J": "X"}
 SPLIT_FILE_TEMPLATE = "output_{index}.fa"
 _WHITESPACE_BYTES = b" \t\r\n\v\f"
 UTF8_BOM = b"\xef\xbb\xbf"
+_NUCLEOTIDE_BYTES = "".join(NUCLEOTIDE_LETTERS).encode() + "".join(NUCLEOTIDE_LETTERS).lower().encode()
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ def _lines(handle: IO[bytes], start: int) -> Iterator[tuple[int, bytes]]:
 
 
 def _finish_record(path: Path, header: str, parts: list[bytes], alphabet: str | None) -> FastaRecord:
-    seq = b"".join(parts).translate(None, _WHITESPACE_BYTES).decode(TEXT_ENCODING, TEXT_ERRORS)
+    raw = b"".join(parts).translate(None, _WHITESPACE_BYTES)
+    seq = raw.decode(TEXT_ENCODING, TEXT_ERRORS)
     fields = header.split(None, 1)
     record_id = fields[0] if fields else ""
     if not record_id:
@@ -137,7 +139,8 @@ def _finish_record(path: Path, header: str, parts: list[bytes], alphabet: str | 
     if not seq:
         raise InputError(f"{path}: record '{shown_text(record_id)}' has a header but no sequence")
     if alphabet == "dna":
-        check_dna_letters(path, record_id, seq)
+        if raw.translate(None, _NUCLEOTIDE_BYTES):  # fast path: nothing but nucleotide codes left
+            check_dna_letters(path, record_id, seq)
     elif alphabet == "protein":
         bad = set(seq.upper()) - set(PROTEIN_ALPHABET) - set(PROTEIN_REPLACEMENTS)
         if bad:
