@@ -39,11 +39,14 @@ import contextlib  # noqa: E402
 import logging  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Iterator, Sequence  # noqa: E402
+from typing import TYPE_CHECKING, Iterator, Sequence  # noqa: E402
 
 from virnucpro import cli, outputs  # noqa: E402
 from virnucpro.shards import DEFAULT_SHARD_CHUNKS  # noqa: E402
 from virnucpro.errors import CheckpointError, InputError  # noqa: E402
+
+if TYPE_CHECKING:
+    from virnucpro.shardindex import InputSource
 
 log = logging.getLogger("virnucpro.predict")
 
@@ -135,7 +138,7 @@ def check_length(length: int) -> None:
                          "is embedded whole); use 300 or 500")
 
 
-def output_stem(source) -> str:
+def output_stem(source: InputSource) -> str:
     """The name the outputs are called by: the input's stem; ``stdin`` for ``-`` and unnamed pipes (``<(...)``)."""
     import re
 
@@ -177,10 +180,11 @@ def remove_if_unused(outdir: Path, remove_outdir: bool) -> None:
             pass  # not empty: someone else's files
 
 
-def _predict_locked(args: argparse.Namespace, source) -> int:
+def _predict_locked(args: argparse.Namespace, source: InputSource) -> int:
+    """The run itself, OUTDIR locked: checkpoint, input pass, shards, final outputs."""
     from virnucpro.models import resolve_device
-    from virnucpro.results import shard_path, write_shard
-    from virnucpro.runstate import finalise, open_run
+    from virnucpro.results import write_shard
+    from virnucpro.runstate import finalise, open_run, pending_shards
     from virnucpro.scoring import check_finite, load_classifier, load_scorer
     from virnucpro.shardindex import ShardReader, build_index, load_index
     from virnucpro.shards import preprocess_shard
@@ -196,7 +200,7 @@ def _predict_locked(args: argparse.Namespace, source) -> int:
         index = load_index(work, source, args.length, args.shard_size)
         return index or build_index(source, work, args.length, args.shard_size)
 
-    with disk_full_says(args.outdir, "the shard index"):
+    with disk_full_says(args.outdir, "the shard index (or a piped input's spool)"):
         work, index, finished = open_run(args.outdir, settings, args.force, stem, args.length, get_index)
     if finished:
         log.info("%s is complete already (use --force to recompute)", args.outdir)
@@ -214,10 +218,9 @@ def _predict_locked(args: argparse.Namespace, source) -> int:
         log.info("shard %d: %d sequences, %d chunks, %d frames scored", shard.index, len(shard.sequences),
                  shard.chunk_count, len(shard.frame_ids))
 
-    pending_shards = [k for k in range(len(index.shards)) if not shard_path(work, k, "done").is_file()]
     with ThreadPoolExecutor(max_workers=1) as prefetch, ShardReader(index, work) as reader:
         pending = None
-        for k in pending_shards:
+        for k in pending_shards(work, index):
             next_shard = prefetch.submit(preprocess_shard, k, reader.read(k), args.length)
             if pending is not None:
                 score_and_write(pending.result())

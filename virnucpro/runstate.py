@@ -135,6 +135,11 @@ def merge_sorted(parts: list[Path], target: Path, header: str) -> None:
             handle.close()
 
 
+def pending_shards(work: Path, index: ShardIndex) -> list[int]:
+    """The shards of the index without a ``done`` marker, in order (recomputed at every start)."""
+    return [k for k in range(len(index.shards)) if not shard_path(work, k, "done").is_file()]
+
+
 def check_shards_done(work: Path, index: ShardIndex) -> None:
     """Raise unless every shard of the index is done with the index's chunk count."""
     for k, entry in enumerate(index.shards):
