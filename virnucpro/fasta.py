@@ -86,10 +86,8 @@ def parse_fasta(handle: IO[bytes], path: str | os.PathLike, *, alphabet: str | N
     header: str | None = None
     header_at = 0
     parts: list[bytes] = []
-    offset = start
     try:
         for line_no, (at, line) in enumerate(_lines(handle, start), start=1):
-            offset = at
             if b"\x00" in line:
                 raise InputError(f"{path}: line {line_no}: binary data, not a FASTA file")
             if line.startswith(b">"):
