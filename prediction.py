@@ -39,7 +39,8 @@ def build_parser() -> cli.CliArgumentParser:
         epilog="Example: python prediction.py reads.fasta 300 results/  "
                "(uses 300_model_fastesm650.pth; train one with train.py)",
     )
-    parser.add_argument("input", type=Path, help="DNA FASTA file to score, plain or gzip-compressed")
+    parser.add_argument("input", type=Path, help="DNA FASTA or FASTQ file to score, plain or gzip-compressed (detected from the content; "
+                             "FASTQ qualities are ignored)")
     parser.add_argument("length", type=cli.positive_int, metavar="LENGTH",
                         help="chunk length in bp (300 or 500; must match the model's chunk size)")
     parser.add_argument("outdir", type=Path, metavar="OUTDIR", help="directory for the results (created)")
@@ -109,7 +110,8 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -
 
 def predict(args: argparse.Namespace) -> int:
     """Score ``args.input`` into ``args.outdir``, resuming from finished shards."""
-    from virnucpro.fasta import check_input_file, read_fasta
+    from virnucpro.fasta import check_input_file
+    from virnucpro.fastq import read_sequences
     from virnucpro.models import resolve_device
     from virnucpro.results import shard_path, write_shard
     from virnucpro.runstate import finalise, open_run
@@ -122,7 +124,7 @@ def predict(args: argparse.Namespace) -> int:
     classifier, meta = load_classifier(checkpoint, args.length)
     device = resolve_device(args.device)
     # A first pass validates the whole input, so bad records are reported before models load.
-    for _ in read_fasta(args.input, alphabet="dna"):
+    for _ in read_sequences(args.input, alphabet="dna"):
         pass
     stem = outputs.input_stem(args.input)
     settings = run_settings(args, checkpoint, device.type)
@@ -154,7 +156,7 @@ def predict(args: argparse.Namespace) -> int:
             pending = next_shard
         if pending is not None:
             score_and_write(pending.result())
-    finalise(args.outdir, work, shard_count, stem, args.length)
+    finalise(args.outdir, work, shard_count, stem, args.length, args.input)
     log.info("results in %s", args.outdir)
     return cli.EXIT_OK
 

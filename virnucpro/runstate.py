@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import IO
 
 from .errors import VirNucProError
+from .fasta import write_fasta_record
+from .fastq import read_sequences
 from .files import HASH_BLOCK, TEXT_ENCODING, TEXT_ERRORS, atomic_write
 from .outputs import (CONSENSUS_COLUMNS, FEATURES_DIR_NAME, MANIFEST_NAME, RESULTS_COLUMNS, SHARD_FEATURES_GLOB,
-                      SUMMARY_COLUMNS, WORK_DIR_NAME, final_outputs, header_line)
+                      SUMMARY_COLUMNS, VIRAL_CALL, WORK_DIR_NAME, final_outputs, header_line)
 from .results import SHARD_PARTS, shard_path
 
 log = logging.getLogger("virnucpro.predict")
@@ -92,15 +94,39 @@ def merge_sorted(parts: list[Path], target: Path, header: str) -> None:
             handle.close()
 
 
-def finalise(outdir: Path, work: Path, shard_count: int, stem: str, length: int) -> None:
+def write_viral_sequences(input_path: Path, summary: Path, target: Path) -> int:
+    """Write the input records called ``virus`` in ``summary`` to ``target``; returns their count.
+
+    The summary lists the input records in input order, so both are streamed side by side
+    (memory stays flat); headers and sequences are written as in the input.
+    """
+    count = 0
+    with open(summary, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n") as rows, \
+            atomic_write(target) as out:
+        next(rows)  # the header line
+        for record in read_sequences(input_path, alphabet=None, check_duplicates=False):
+            fields = next(rows).rstrip("\n").split("\t")
+            if fields[0] != record.id:
+                raise VirNucProError(f"{summary}: row '{fields[0]}' does not match input record "
+                                     f"'{record.id}' of {input_path}; rerun with --force")
+            if fields[-1] == VIRAL_CALL:
+                write_fasta_record(out, record.description, record.seq)
+                count += 1
+    log.info("%d viral sequences in %s", count, target)
+    return count
+
+
+def finalise(outdir: Path, work: Path, shard_count: int, stem: str, length: int, input_path: Path) -> None:
+    """Make the final outputs from the finished shards, then mark the run finished."""
     parts = {part: [shard_path(work, i, part) for i in range(shard_count)] for part in SHARD_PARTS}
-    chunked, nucleotide, protein, results, consensus, summary = final_outputs(outdir, stem, length)
+    chunked, nucleotide, protein, results, consensus, summary, viral = final_outputs(outdir, stem, length)
     concatenate(parts["chunked.fa"], chunked)
     concatenate(parts["nucleotide.fa"], nucleotide)
     concatenate(parts["protein.faa"], protein)
     concatenate(parts["results.tsv"], results, header_line(RESULTS_COLUMNS))
     merge_sorted(parts["consensus.tsv"], consensus, header_line(CONSENSUS_COLUMNS))
     concatenate(parts["summary.tsv"], summary, header_line(SUMMARY_COLUMNS))
+    write_viral_sequences(input_path, summary, viral)
     manifest_path = work / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text())
     manifest["finished"] = True

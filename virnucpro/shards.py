@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Iterator
 
 from . import ids
-from .fasta import FastaRecord, read_fasta
+from .fasta import FastaRecord
+from .fastq import read_sequences
 from .frames import chunk_sequence, select_frames
 
 DEFAULT_SHARD_CHUNKS = 10000
@@ -39,7 +40,7 @@ def iter_shards(input_path: Path, chunk_size: int, shard_chunks: int) -> Iterato
     batch: list[FastaRecord] = []
     chunks = 0
     index = 0
-    for record in read_fasta(input_path, alphabet="dna"):
+    for record in read_sequences(input_path, alphabet="dna"):
         batch.append(record)
         chunks += max(1, math.ceil(len(record.seq) / chunk_size))
         if chunks >= shard_chunks:

@@ -1,0 +1,132 @@
+"""FASTQ input (reader, detection, prediction.py) and the viral FASTA of a prediction run."""
+from __future__ import annotations
+
+import gzip
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import units
+from test_prediction import checkpoint_300, run  # noqa: F401 - shared fixtures
+from virnucpro import outputs
+from virnucpro.errors import InputError
+from virnucpro.fasta import read_fasta
+from virnucpro.fastq import detect_format, read_fastq, read_sequences
+
+
+def fastq_text(records: list[tuple[str, str]], wrap: int | None = None) -> str:
+    """FASTQ records with fake qualities, sequence and quality wrapped at ``wrap`` when given."""
+    out = []
+    for header, seq in records:
+        quality = "".join(random.Random(header).choice("!#5?@I") for _ in seq)
+        step = wrap or max(1, len(seq))
+        out.append(f"@{header}\n" + "".join(seq[i:i + step] + "\n" for i in range(0, len(seq), step))
+                   + "+\n" + "".join(quality[i:i + step] + "\n" for i in range(0, len(seq), step)))
+    return "".join(out)
+
+
+def test_fastq_reads_like_the_same_fasta(tmp_path):
+    records = [("r1 first read", "ACGTNacgt"), ("r2", "GGGCCCAAATTT" * 5), ("r3 x=@y", "A")]
+    fq = tmp_path / "reads.fq"
+    fq.write_text("\n" + fastq_text(records[:1]) + fastq_text(records[1:], wrap=7) + "\n\n")
+    fa = tmp_path / "reads.fa"
+    fa.write_text("".join(f">{h}\n{s}\n" for h, s in records))
+    assert detect_format(fq) == "fastq" and detect_format(fa) == "fasta"
+    got = list(read_sequences(fq))
+    assert got == list(read_fasta(fa)) == list(read_fastq(fq))
+    assert [r.description for r in got] == ["r1 first read", "r2", "r3 x=@y"]
+    gz = tmp_path / "reads.fastq.gz"
+    gz.write_bytes(gzip.compress(fq.read_bytes()))
+    assert detect_format(gz) == "fastq" and list(read_sequences(gz)) == got
+    # a quality line starting with '@' is a quality line, not a header
+    tricky = tmp_path / "tricky.fq"
+    tricky.write_text("@a\nACGT\n+a\n@III\n@b\nAC\n+\nII\n")
+    assert [(r.id, r.seq) for r in read_sequences(tricky)] == [("a", "ACGT"), ("b", "AC")]
+
+
+MALFORMED = {
+    "missing_plus": ("@r1\nACGT\nIIII\n@r2\nACGT\n+\nIIII\n", "'r1'", "no '+' line"),
+    "quality_too_short": ("@r1\nACGT\n+\nIIII\n@r2\nACGTA\n+\nIIII\n@r3\nAC\n+\nII\n", "'r2'",
+                          "quality characters for 5 bases"),
+    "quality_too_long": ("@r1\nACGT\n+\nIIIII\n", "'r1'", "5 quality characters for 4 bases"),
+    "truncated": ("@r1\nACGT\n+\nIIII\n@r2\nACGTACGT\n+\nIII", "'r2'", "truncated"),
+    "truncated_no_plus": ("@r1\nACGT\n+\nIIII\n@r2\nACGT\n", "'r2'", "truncated"),
+    "plus_names_other": ("@r1\nACGT\n+r9\nIIII\n", "'r1'", "names another record"),
+    "not_a_header": ("@r1\nACGT\n+\nIIII\nACGT\n", "line 5", "expected a FASTQ record header"),
+    "protein": ("@p1\nMKVLQW\n+\nIIIIII\n", "'p1'", "protein"),
+    "duplicate": ("@r1\nACGT\n+\nIIII\n@r1\nACGT\n+\nIIII\n", "'r1'", "duplicate"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_malformed_fastq_names_file_and_record(tmp_path, kind):
+    text, record, message = MALFORMED[kind]
+    path = tmp_path / f"{kind}.fq"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        list(read_sequences(path))
+    assert str(path) in str(err.value) and record in str(err.value) and message in str(err.value)
+
+
+def test_malformed_fastq_exits_2_in_prediction(run, tmp_path, capsys):
+    path = tmp_path / "bad.fastq.gz"
+    path.write_bytes(gzip.compress(MALFORMED["quality_too_short"][0].encode()))
+    assert run(path, 300, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "'r2'" in err
+    assert not (tmp_path / "out" / outputs.RESULTS_NAME).exists()
+
+
+def _records_of(path: Path) -> list[tuple[str, str]]:
+    return [(r.description, r.seq) for r in read_fasta(path, alphabet=None, check_duplicates=False,
+                                                                 allow_empty=True)]
+
+
+def test_prediction_on_fastq_gz_equals_fasta(run, tmp_path, golden_dir):
+    records = _records_of(golden_dir / "reads.fa")
+    fasta = tmp_path / "reads.fa"
+    shutil.copy(golden_dir / "reads.fa", fasta)
+    fastq = tmp_path / "reads.fastq.gz"
+    fastq.write_bytes(gzip.compress(fastq_text(records, wrap=50).encode()))
+    assert run(fasta, 300, tmp_path / "fa") == 0
+    assert run(fastq, 300, tmp_path / "fq") == 0
+    for a in sorted(p for p in (tmp_path / "fa").iterdir() if p.is_file()):
+        assert (tmp_path / "fq" / a.name).read_bytes() == a.read_bytes(), a.name
+
+
+@pytest.fixture()
+def viral_checkpoint(tmp_path, checkpoint_300):
+    """The test classifier with its output biased so that every scored frame is viral."""
+    model, meta = units.load_checkpoint(checkpoint_300)
+    with torch.no_grad():
+        model.output_layer.bias.copy_(torch.tensor([-50.0, 50.0]))
+    path = tmp_path / "all_viral.pth"
+    units.save_checkpoint(path, model, dna_model=meta["dna_model"], dna_dim=meta["dna_dim"],
+                          protein_model=meta["protein_model"], protein_dim=meta["protein_dim"], chunk_size=300)
+    return path
+
+
+def test_viral_sequences_fasta(run, tmp_path, golden_dir, checkpoint_300, viral_checkpoint):
+    reads = tmp_path / "reads.fa"
+    longest = max(_records_of(golden_dir / "reads.fa"), key=lambda r: len(r[1]))
+    extra = [("lower case viral read", longest[1].lower())]
+    reads.write_text(golden_dir.joinpath("reads.fa").read_text()
+                     + "".join(f">{h}\n{s}\n" for h, s in extra))
+    out = tmp_path / "out"
+    assert run(reads, 300, out, model=viral_checkpoint) == 0
+    summary = [line.split("\t") for line in (out / outputs.SUMMARY_NAME).read_text().splitlines()[1:]]
+    called = {row[0] for row in summary if row[-1] == "virus"}
+    assert called and any(row[-1] == "no_call" for row in summary)  # not everything is viral
+    expected = [(d, s) for d, s in _records_of(reads) if d.split(None, 1)[0] in called]
+    assert _records_of(out / outputs.VIRAL_FASTA_NAME) == expected
+    assert expected[-1] == extra[0]  # header description and letter case kept
+    # with the unbiased model: only the records the summary calls virus (maybe none)
+    other = tmp_path / "other"
+    assert run(reads, 300, other, model=checkpoint_300) == 0
+    summary = [line.split("\t") for line in (other / outputs.SUMMARY_NAME).read_text().splitlines()[1:]]
+    called = {row[0] for row in summary if row[-1] == "virus"}
+    assert [d.split(None, 1)[0] for d, _ in _records_of(other / outputs.VIRAL_FASTA_NAME)] == \
+        [row[0] for row in summary if row[0] in called]
