@@ -109,7 +109,7 @@ def viral_checkpoint(tmp_path, checkpoint_300):
     return path
 
 
-def test_viral_sequences_fasta(run, tmp_path, golden_dir, checkpoint_300, viral_checkpoint):
+def test_viral_sequences_fasta(run, tmp_path, golden_dir, viral_checkpoint):
     reads = tmp_path / "reads.fa"
     longest = max(_records_of(golden_dir / "reads.fa"), key=lambda r: len(r[1]))
     extra = [("lower case viral read", longest[1].lower())]
@@ -123,10 +123,3 @@ def test_viral_sequences_fasta(run, tmp_path, golden_dir, checkpoint_300, viral_
     expected = [(d, s) for d, s in _records_of(reads) if d.split(None, 1)[0] in called]
     assert _records_of(out / outputs.VIRAL_FASTA_NAME) == expected
     assert expected[-1] == extra[0]  # header description and letter case kept
-    # with the unbiased model: only the records the summary calls virus (maybe none)
-    other = tmp_path / "other"
-    assert run(reads, 300, other, model=checkpoint_300) == 0
-    summary = [line.split("\t") for line in (other / outputs.SUMMARY_NAME).read_text().splitlines()[1:]]
-    called = {row[0] for row in summary if row[-1] == "virus"}
-    assert [d.split(None, 1)[0] for d, _ in _records_of(other / outputs.VIRAL_FASTA_NAME)] == \
-        [row[0] for row in summary if row[0] in called]

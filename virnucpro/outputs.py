@@ -71,6 +71,14 @@ def shard_features_name(index: int) -> str:
 
 SHARD_FEATURES_GLOB = "shard_*_merged.pt"
 
+# --- evaluate.py OUTDIR ---------------------------------------------------------
+EVALUATION_INPUT_NAME = "labelled_input.fa"  # the viral then the host records, scored by every model
+EVALUATION_TSV_NAME = "evaluation.tsv"
+EVALUATION_JSON_NAME = "evaluation.json"
+AGREEMENT_TSV_NAME = "agreement.tsv"
+ROC_FIGURE_NAME = "roc_curves.png"
+PR_FIGURE_NAME = "precision_recall_curves.png"
+
 # --- classifier ---------------------------------------------------------------
 
 
@@ -80,6 +88,12 @@ def checkpoint_name(chunk_size: int) -> str:
 
 
 TRAINING_LOG_NAME = "MLP_log.txt"
+HOLDOUT_IDS_SUFFIX = ".holdout_ids.txt"
+
+
+def holdout_ids_path(checkpoint: Path) -> Path:
+    """The row ids of train.py's hold-out split, beside the checkpoint: 300_model.holdout_ids.txt."""
+    return checkpoint.with_suffix(HOLDOUT_IDS_SUFFIX)
 
 # --- training data ------------------------------------------------------------
 IDENTIFIED_NUCLEOTIDE_SUFFIX = "identified_nucleotide.fa"
