@@ -5,8 +5,9 @@
 Each sequence is cut into LENGTH-bp chunks, every chunk is translated in six frames,
 the stop-free frames are embedded with DNABERT-S (DNA) and FastESM2 (protein), and
 the classifier scores every frame.  OUTDIR receives prediction_results.txt (one row
-per frame), prediction_results_highestscore.csv (one row per chunk) and
-prediction_summary.tsv (one row per input sequence).
+per frame), prediction_results_highestscore.csv (one row per chunk),
+prediction_summary.tsv (one row per input sequence) and viral_sequences.fa (the input
+records called virus).  INPUT may be FASTA or FASTQ, plain or gzip.
 
 Records stream through in shards, so memory stays flat whatever the input size.
 A run that is killed resumes from its finished shards when rerun with the same

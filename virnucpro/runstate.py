@@ -105,7 +105,7 @@ def write_viral_sequences(input_path: Path, summary: Path, target: Path) -> int:
             atomic_write(target) as out:
         next(rows)  # the header line
         for record in read_sequences(input_path, alphabet=None, check_duplicates=False):
-            fields = next(rows).rstrip("\n").split("\t")
+            fields = next(rows, "").rstrip("\n").split("\t")
             if fields[0] != record.id:
                 raise VirNucProError(f"{summary}: row '{fields[0]}' does not match input record "
                                      f"'{record.id}' of {input_path}; rerun with --force")
