@@ -123,3 +123,34 @@ def test_viral_sequences_fasta(run, tmp_path, golden_dir, viral_checkpoint):
     expected = [(d, s) for d, s in _records_of(reads) if d.split(None, 1)[0] in called]
     assert _records_of(out / outputs.VIRAL_FASTA_NAME) == expected
     assert expected[-1] == extra[0]  # header description and letter case kept
+
+
+def test_viral_fasta_holds_one_record_at_a_time(tmp_path, monkeypatch):
+    import weakref
+
+    from virnucpro import runstate
+
+    n = 200
+    reads = tmp_path / "reads.fa"
+    reads.write_text("".join(f">r{k} read {k}\n{'ACGT' * 30}\n" for k in range(n)))
+    summary = tmp_path / outputs.SUMMARY_NAME
+    summary.write_text(outputs.header_line(outputs.SUMMARY_COLUMNS) + "".join(
+        f"r{k}\t120\t1\t1\t1\t1.0000\t0.9\t0.9\t{'virus' if k % 3 else 'others'}\n" for k in range(n)))
+    alive: weakref.WeakSet = weakref.WeakSet()
+    most = [0]
+    real = runstate.read_sequences
+
+    def counting(*args, **kwargs):
+        for record in real(*args, **kwargs):
+            alive.add(record)
+            most[0] = max(most[0], len(alive))
+            yield record
+
+    monkeypatch.setattr(runstate, "read_sequences", counting)
+    target = tmp_path / outputs.VIRAL_FASTA_NAME
+    assert runstate.write_viral_sequences(reads, summary, target) == sum(1 for k in range(n) if k % 3)
+    assert most[0] <= 3  # streamed: records are not collected in memory
+    assert _records_of(target)[0] == ("r1 read 1", "ACGT" * 30)
+    summary.write_text(summary.read_text().replace("r7\t", "r70000\t"))
+    with pytest.raises(runstate.VirNucProError, match="does not match"):
+        runstate.write_viral_sequences(reads, summary, target)
