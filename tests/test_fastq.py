@@ -14,7 +14,8 @@ from test_prediction import checkpoint_300, run  # noqa: F401 - shared fixtures
 from virnucpro import outputs
 from virnucpro.errors import InputError
 from virnucpro.fasta import read_fasta
-from virnucpro.fastq import detect_format, read_fastq, read_sequences
+from virnucpro.fastq import FASTA, FASTQ, parse_fastq, read_sequences, sniff_format
+from virnucpro.files import open_binary
 
 
 def fastq_text(records: list[tuple[str, str]], wrap: int | None = None) -> str:
@@ -28,19 +29,29 @@ def fastq_text(records: list[tuple[str, str]], wrap: int | None = None) -> str:
     return "".join(out)
 
 
+def detect_format(path):
+    with open_binary(path) as handle:
+        return sniff_format(handle)
+
+
+def read_fastq(path):
+    with open_binary(path) as handle:
+        return [record for _, record in parse_fastq(handle, path)]
+
+
 def test_fastq_reads_like_the_same_fasta(tmp_path):
     records = [("r1 first read", "ACGTNacgt"), ("r2", "GGGCCCAAATTT" * 5), ("r3 x=@y", "A")]
     fq = tmp_path / "reads.fq"
     fq.write_text("\n" + fastq_text(records[:1]) + fastq_text(records[1:], wrap=7) + "\n\n")
     fa = tmp_path / "reads.fa"
     fa.write_text("".join(f">{h}\n{s}\n" for h, s in records))
-    assert detect_format(fq) == "fastq" and detect_format(fa) == "fasta"
+    assert detect_format(fq) == FASTQ and detect_format(fa) == FASTA
     got = list(read_sequences(fq))
     assert got == list(read_fasta(fa)) == list(read_fastq(fq))
     assert [r.description for r in got] == ["r1 first read", "r2", "r3 x=@y"]
     gz = tmp_path / "reads.fastq.gz"
     gz.write_bytes(gzip.compress(fq.read_bytes()))
-    assert detect_format(gz) == "fastq" and list(read_sequences(gz)) == got
+    assert detect_format(gz) == FASTQ and list(read_sequences(gz)) == got
     # a quality line starting with '@' is a quality line, not a header
     tricky = tmp_path / "tricky.fq"
     tricky.write_text("@a\nACGT\n+a\n@III\n@b\nAC\n+\nII\n")
@@ -80,19 +91,28 @@ def test_malformed_fastq_exits_2_in_prediction(run, tmp_path, capsys):
     assert not (tmp_path / "out" / outputs.RESULTS_NAME).exists()
 
 
+def test_duplicate_fastq_ids_exit_2_in_prediction(run, tmp_path, capsys):
+    path = tmp_path / "dup.fq"
+    path.write_text(fastq_text([("r1", "ACGT" * 80), ("r2", "ACGA" * 80), ("r1 again", "ACGG" * 80)]))
+    assert run(path, 300, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "duplicate" in err and "'r1'" in err
+
+
 def _records_of(path: Path) -> list[tuple[str, str]]:
     return [(r.description, r.seq) for r in read_fasta(path, alphabet=None, check_duplicates=False,
                                                                  allow_empty=True)]
 
 
-def test_prediction_on_fastq_gz_equals_fasta(run, tmp_path, golden_dir):
+@pytest.mark.parametrize("shard_size", ["10000", "7"])
+def test_prediction_on_fastq_gz_equals_fasta(run, tmp_path, golden_dir, shard_size):
     records = _records_of(golden_dir / "reads.fa")
     fasta = tmp_path / "reads.fa"
     shutil.copy(golden_dir / "reads.fa", fasta)
     fastq = tmp_path / "reads.fastq.gz"
     fastq.write_bytes(gzip.compress(fastq_text(records, wrap=50).encode()))
-    assert run(fasta, 300, tmp_path / "fa") == 0
-    assert run(fastq, 300, tmp_path / "fq") == 0
+    assert run(fasta, 300, tmp_path / "fa", "--shard-size", shard_size) == 0
+    assert run(fastq, 300, tmp_path / "fq", "--shard-size", shard_size) == 0  # shards read back at their offsets
     for a in sorted(p for p in (tmp_path / "fa").iterdir() if p.is_file()):
         assert (tmp_path / "fq" / a.name).read_bytes() == a.read_bytes(), a.name
 

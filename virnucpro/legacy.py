@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .classifier import MLPClassifier, save_checkpoint
+from .classifier import MLPClassifier, check_finite_weights, inspect_checkpoint_file, save_checkpoint
 from .defaults import DNABERT_S_DIM, DNABERT_S_MODEL, ESM2_3B_MODEL
 from .errors import CheckpointError
 
@@ -62,6 +62,7 @@ def read_legacy_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    inspect_checkpoint_file(path)  # size and archive structure, before anything is unpickled
     try:
         with torch.serialization.safe_globals(_allowlist()):
             root = torch.load(path, map_location="cpu", weights_only=True)
@@ -87,6 +88,7 @@ def read_legacy_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             if not isinstance(value, torch.Tensor):
                 raise CheckpointError(f"{path}: {name}.{key} is not a tensor")
             state[f"{name}.{key}"] = value.detach().clone()
+    check_finite_weights(path, state)
     bn = children["bn1"].__dict__
     if (bn.get("eps"), bn.get("momentum"), bn.get("affine"), bn.get("track_running_stats")) != (1e-5, 0.1, True, True):
         raise CheckpointError(f"{path}: bn1 has settings this classifier does not reproduce "

@@ -21,6 +21,7 @@ VIRAL_FASTA_NAME = "viral_sequences.fa"
 VIRAL_CALL = "virus"  # the Prediction of a viral sequence in prediction_summary.tsv
 FIGURE_NAME = "prediction.png"
 WORK_DIR_NAME = ".virnucpro_work"
+LOCK_NAME = ".virnucpro.lock"  # in OUTDIR, held while a run is live
 MANIFEST_NAME = "manifest.json"
 FEATURES_DIR_NAME = "features"
 FASTA_SUFFIXES = (".fa", ".fasta", ".fas", ".fna", ".ffn", ".fsa", ".seq", ".txt", ".fastq", ".fq")
