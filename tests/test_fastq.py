@@ -174,3 +174,30 @@ def test_viral_fasta_holds_one_record_at_a_time(tmp_path, monkeypatch):
     summary.write_text(summary.read_text().replace("r7\t", "r70000\t"))
     with pytest.raises(runstate.VirNucProError, match="does not match"):
         runstate.write_viral_sequences(reads, summary, target)
+
+
+def test_piped_fastq_gz_equals_fasta(run, tmp_path, golden_dir, viral_checkpoint):
+    import os
+    import threading
+
+    records = _records_of(golden_dir / "reads.fa")
+    data = gzip.compress(fastq_text(records, wrap=70).encode())
+    fasta = tmp_path / "reads.fa"
+    shutil.copy(golden_dir / "reads.fa", fasta)
+    assert run(fasta, 300, tmp_path / "fa", model=viral_checkpoint) == 0
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_end, "wb") as handle:
+            handle.write(data)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        assert run(Path(f"/dev/fd/{read_end}"), 300, tmp_path / "fq", model=viral_checkpoint) == 0
+    finally:
+        feeder.join(timeout=30)
+        os.close(read_end)
+    viral = (tmp_path / "fa" / outputs.VIRAL_FASTA_NAME).read_bytes()
+    assert viral and (tmp_path / "fq" / outputs.VIRAL_FASTA_NAME).read_bytes() == viral  # read from the spool
+    assert (tmp_path / "fq" / outputs.SUMMARY_NAME).read_bytes() == (tmp_path / "fa" / outputs.SUMMARY_NAME).read_bytes()
