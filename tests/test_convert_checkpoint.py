@@ -1,6 +1,7 @@
 """convert_checkpoint.py: original VirNucPro whole-model pickles converted without running their code."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -175,3 +176,32 @@ def test_converted_model_predicts(run, tmp_path, monkeypatch, golden_dir, esm_mo
     shutil.copy(golden_dir / "reads.fa", reads)
     assert run(reads, 300, tmp_path / "out", model=target) == 0
     assert (tmp_path / "out" / outputs.RESULTS_NAME).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_converted_original_beside_a_fastesm_model(tmp_path, monkeypatch, golden_dir, checkpoint_300,
+                                                   dnabert_model_dir):
+    """The migration check: an original model (plain ESM-2) and a FastESM2 model, each with its own models."""
+    import standins
+
+    import evaluate
+    from virnucpro.fasta import read_fasta
+
+    esm2 = standins.build_esm2_standin(tmp_path / "esm2_standin")
+    source = tmp_path / "300_model.pth"
+    save_original(source, "__main__", monkeypatch, input_dim=768 + 32)
+    converted = tmp_path / "300_model_esm2.pth"
+    assert convert_checkpoint.main([str(source), str(converted), "--chunk-size", "300", "--protein-model",
+                                    str(esm2), "--dna-model", str(dnabert_model_dir), "-q"]) == 0
+    records = list(read_fasta(golden_dir / "reads.fa"))
+    viral, host = tmp_path / "viral.fa", tmp_path / "host.fa"
+    viral.write_text("".join(f">{r.description}\n{r.seq}\n" for r in records[::2]))
+    host.write_text("".join(f">{r.description}\n{r.seq}\n" for r in records[1::2]))
+    out = tmp_path / "eval"
+    assert evaluate.main(["--viral", str(viral), "--host", str(host), "--model", str(checkpoint_300), "--model",
+                          str(converted), "--outdir", str(out), "--device", "cpu", "-q"]) == 0
+    report = json.loads((out / outputs.EVALUATION_JSON_NAME).read_text())
+    assert report["models"]["300_model_esm2"]["esm_model"] == str(esm2)
+    assert report["models"]["300_model_fastesm650"]["esm_model"] != str(esm2)
+    assert {row["model"] for row in report["metrics"]} == {"300_model_esm2", "300_model_fastesm650"}
+    assert len(report["agreement"]) == 3
