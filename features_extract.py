@@ -31,25 +31,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from tqdm.auto import tqdm
 
-from virnucpro import cli
+from virnucpro import cli, outputs
 from virnucpro.errors import FeatureFileError, InputError
-from virnucpro.fasta import read_fasta, split_fasta_file
-from virnucpro.features import extract_DNABERT_S, extract_esm, load_dna_features, load_feature_object, merge_data
-from virnucpro.files import atomic_torch_save, open_text
-from virnucpro.models import resolve_device
+from virnucpro.fasta import SPLIT_FILE_TEMPLATE, read_fasta, split_fasta_file
+from virnucpro.files import open_text
+
+# virnucpro.features and virnucpro.models (torch) are imported when features are made, not for --help.
 
 log = logging.getLogger("virnucpro.features_extract")
 
 PROG = "features_extract.py"
-NUCLEOTIDE_SUFFIX = "identified_nucleotide.fa"
-PROTEIN_SUFFIX = "identified_protein.fa"
+NUCLEOTIDE_SUFFIX = outputs.IDENTIFIED_NUCLEOTIDE_SUFFIX
+PROTEIN_SUFFIX = outputs.IDENTIFIED_PROTEIN_SUFFIX
 VIRAL_PREFIX = "viral"
 HOST_CATEGORIES = ("vertebrate", "protozoa", "plant", "invertebrate", "fungi", "bacteria", "archaea")
-MERGE_DIR_NAME = "data_merge"
-VIRAL_MERGED_DIR_NAME = "viral.1.1_merged"  # the folder name train.py reads as viral
+MERGE_DIR_NAME = outputs.MERGE_DIR_NAME
+VIRAL_MERGED_DIR_NAME = outputs.VIRAL_MERGED_DIR_NAME  # the folder name train.py reads as viral
 VIRAL_MAIN_NAME = "viral.1.1"
 DEFAULT_SEQUENCES_PER_FILE = 10000
 DEFAULT_SEED = 42
@@ -95,19 +94,19 @@ class Split:
 
     @property
     def nucleotide(self) -> Path:
-        return self.source.nucleotide_split_dir / f"output_{self.index}.fa"
+        return self.source.nucleotide_split_dir / SPLIT_FILE_TEMPLATE.format(index=self.index)
 
     @property
     def protein(self) -> Path:
-        return self.source.protein_split_dir / f"output_{self.index}.fa"
+        return self.source.protein_split_dir / SPLIT_FILE_TEMPLATE.format(index=self.index)
 
     @property
     def dna_features(self) -> Path:
-        return self.source.nucleotide_split_dir / f"output_{self.index}_DNABERT_S.pt"
+        return self.source.nucleotide_split_dir / outputs.dna_features_name(self.index)
 
     @property
     def protein_features(self) -> Path:
-        return self.source.protein_split_dir / f"output_{self.index}_ESM.pt"
+        return self.source.protein_split_dir / outputs.protein_features_name(self.index)
 
 
 def build_parser() -> cli.CliArgumentParser:
@@ -187,9 +186,9 @@ def merged_path(data_dir: Path, source: Source, index: int, viral_sources: int) 
     merge_dir = data_dir / MERGE_DIR_NAME
     if source.kind == "viral":
         if viral_sources == 1 or source.name == VIRAL_MAIN_NAME:
-            return merge_dir / VIRAL_MERGED_DIR_NAME / f"output_{index}_merged.pt"
-        return merge_dir / VIRAL_MERGED_DIR_NAME / f"{source.name}.output_{index}_merged.pt"
-    return merge_dir / f"{source.name}_merged" / f"output_{index}_merged.pt"
+            return merge_dir / VIRAL_MERGED_DIR_NAME / outputs.merged_features_name(index)
+        return merge_dir / VIRAL_MERGED_DIR_NAME / outputs.merged_features_name(index, f"{source.name}.")
+    return merge_dir / f"{source.name}_merged" / outputs.merged_features_name(index)
 
 
 def select_splits(data_dir: Path, sources: list[Source], sequences_per_file: int, seed: int,
@@ -244,29 +243,21 @@ def fasta_ids(path: Path, alphabet: str) -> list[str]:
     return [record.id for record in read_fasta(path, alphabet=alphabet)]
 
 
-def _load(path: Path) -> object | None:
-    try:
-        return load_feature_object(path)
-    except FeatureFileError as exc:  # unreadable means "make it again"
-        log.warning("%s; it is made again", exc)
-        return None
-
-
 def merged_is_current(split: Split, ids: list[str], args: argparse.Namespace) -> bool:
     """True when the merged file was made from this split by the same models."""
+    from virnucpro.features import read_merged_file
+
     if args.force or not split.merged.is_file():
         return False
-    obj = _load(split.merged)
-    if not isinstance(obj, dict):
+    try:
+        merged = read_merged_file(split.merged)
+    except FeatureFileError as exc:  # unreadable or malformed means "make it again"
+        log.warning("%s; it is made again", exc)
         return False
-    label = [1 if split.kind == "viral" else 0]
-    rows = obj.get("ids")
-    data = obj.get("data")
-    current = (obj.get("dna_model") == str(args.dnabert_model)
-               and obj.get("protein_model") == str(args.esm_model)
-               and obj.get("labels") == label
-               and isinstance(rows, list) and rows and set(rows) <= set(ids)
-               and isinstance(data, torch.Tensor) and data.shape[0] == len(rows))
+    current = (merged.dna_model == str(args.dnabert_model)
+               and merged.protein_model == str(args.esm_model)
+               and merged.labels == [1 if split.kind == "viral" else 0]
+               and merged.ids and set(merged.ids) <= set(ids))
     if not current:
         log.info("%s: made from other sequences or models; it is made again", split.merged)
     return bool(current)
@@ -274,16 +265,20 @@ def merged_is_current(split: Split, ids: list[str], args: argparse.Namespace) ->
 
 def reusable_legacy_dna_features(split: Split, ids: list[str]) -> bool:
     """An original-pipeline DNABERT-S file (no 'model' key) holding exactly this split's ids."""
+    import torch
+
+    from virnucpro.features import load_dna_features, load_feature_object
+
     path = split.dna_features
     if not path.is_file():
         return False
-    obj = _load(path)
-    if not isinstance(obj, dict) or "model" in obj:
-        return False  # new-format files are checked by extract_DNABERT_S itself
     try:
+        obj = load_feature_object(path)
+        if not isinstance(obj, dict) or "model" in obj:
+            return False  # new-format files are checked by extract_DNABERT_S itself
         stored_ids, data = load_dna_features(obj)
-    except FeatureFileError as exc:
-        log.warning("%s: %s; it is made again", path, exc)
+    except FeatureFileError as exc:  # unreadable means "make it again"
+        log.warning("%s; it is made again", exc)
         return False
     if stored_ids != ids or not bool(torch.isfinite(data).all()):
         log.warning("%s: holds other sequences than %s (stale); it is made again", path, split.nucleotide)
@@ -294,6 +289,8 @@ def reusable_legacy_dna_features(split: Split, ids: list[str]) -> bool:
 
 def process_split(split: Split, args: argparse.Namespace, progress: bool) -> bool:
     """Features and merged file of one split; returns False when the merged file was kept."""
+    from virnucpro.features import extract_DNABERT_S, extract_esm, merge_data
+
     ids = fasta_ids(split.nucleotide, "dna")
     if merged_is_current(split, ids, args):
         log.info("%s: up to date", split.merged)
@@ -304,10 +301,8 @@ def process_split(split: Split, args: argparse.Namespace, progress: bool) -> boo
     extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
                       out_file=split.protein_features, device=args.device,
                       fp16=False if args.fp32 else None, progress=progress)
-    merged = merge_data(split.dna_features, split.protein_features, None, split.kind)
-    merged["dna_model"] = str(args.dnabert_model)
-    merged["protein_model"] = str(args.esm_model)
-    atomic_torch_save(merged, split.merged)
+    merged = merge_data(split.dna_features, split.protein_features, split.merged, split.kind,
+                        dna_model=str(args.dnabert_model), protein_model=str(args.esm_model))
     log.info("%s: %d rows of width %d", split.merged, len(merged["ids"]), merged["data"].shape[1])
     return True
 
@@ -324,6 +319,9 @@ def warn_about_leftovers(splits: list[Split]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Split the sources, choose the splits, make their merged feature files."""
+    from virnucpro.models import resolve_device
+
     resolve_device(args.device)  # fail early on a bad --device
     sources = find_sources(args.data_dir)
     progress = not args.quiet

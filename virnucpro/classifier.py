@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import __version__
 from .defaults import LABEL_MAP
 from .errors import CheckpointError
 from .files import atomic_torch_save
 from .models import resolve_device
+from .outputs import VERSION_KEY
 
 CHECKPOINT_FORMAT_VERSION = 2
 
@@ -73,6 +75,7 @@ def save_checkpoint(path: str | os.PathLike, model: MLPClassifier, *, dna_model:
         "label_map": {int(k): str(v) for k, v in (label_map or LABEL_MAP).items()},
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "format_version": CHECKPOINT_FORMAT_VERSION,
+        VERSION_KEY: __version__,
         "metrics": dict(metrics or {}),
     }
     atomic_torch_save(checkpoint, path)

@@ -16,7 +16,8 @@ import numpy as np
 from . import ids
 from .defaults import VIRUS_CLASS
 from .fasta import write_fasta_record
-from .files import atomic_torch_save, atomic_write
+from .features import save_merged
+from .files import atomic_write
 from .outputs import shard_features_name
 from .shards import SequenceInfo, Shard
 
@@ -55,9 +56,8 @@ def write_shard(work: Path, shard: Shard, probabilities: np.ndarray, label_map: 
         for info in shard.sequences:
             handle.write("\t".join(summary_row(info, best)) + "\n")
     if features_dir is not None and features is not None:
-        atomic_torch_save({"ids": list(shard.frame_ids), "data": features,
-                           "dna_dim": meta["dna_dim"], "protein_dim": meta["protein_dim"]},
-                          features_dir / shard_features_name(shard.index))
+        save_merged(features_dir / shard_features_name(shard.index), shard.frame_ids, features,
+                    meta["dna_dim"], meta["protein_dim"])
     with atomic_write(shard_path(work, shard.index, "done")) as handle:
         json.dump({"sequences": len(shard.sequences), "chunks": shard.chunk_count,
                    "frames": len(shard.frame_ids)}, handle)
