@@ -6,22 +6,31 @@ concatenated (and, for the consensus, merged) from them and renamed into place.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterator
 
+from . import __version__
 from .errors import VirNucProError
-from .files import HASH_BLOCK, TEXT_ENCODING, TEXT_ERRORS, atomic_write
+from .files import HASH_BLOCK, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, remove_temp_files
 from .outputs import (CONSENSUS_COLUMNS, FEATURES_DIR_NAME, MANIFEST_NAME, RESULTS_COLUMNS, SHARD_FEATURES_GLOB,
-                      SUMMARY_COLUMNS, WORK_DIR_NAME, final_outputs, header_line)
+                      SUMMARY_COLUMNS, VERSION_KEY, WORK_DIR_NAME, final_outputs, header_line)
 from .results import SHARD_PARTS, shard_path
 
 log = logging.getLogger("virnucpro.predict")
 
 MANIFEST_VERSION = 1
+#: Manifest entries that are information, not settings: a rerun need not match them.
+#: (A program version that changed the output bytes would raise MANIFEST_VERSION.)
+INFO_KEYS = ("finished", VERSION_KEY)
+#: At most this many shard files are open at once while the consensus is merged.
+MERGE_FAN_IN = 64
 
 
 def remove_own_files(outdir: Path, stem: str, length: int) -> None:
@@ -39,6 +48,17 @@ def remove_own_files(outdir: Path, stem: str, length: int) -> None:
             pass  # the user keeps other files there
 
 
+def remove_stale_temp_files(outdir: Path, stem: str, length: int) -> int:
+    """Remove the temporary files a killed run of this program left (work dir, final outputs, features/)."""
+    removed = remove_temp_files(outdir / WORK_DIR_NAME)
+    for path in final_outputs(outdir, stem, length):
+        removed += remove_temp_files(outdir, path.name)
+    removed += remove_temp_files(outdir / FEATURES_DIR_NAME, SHARD_FEATURES_GLOB)
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by an interrupted run", outdir, removed)
+    return removed
+
+
 def open_run(outdir: Path, settings: dict, force: bool, stem: str, length: int) -> tuple[Path, bool]:
     """Create or resume the work directory; returns (work_dir, already_finished)."""
     work = outdir / WORK_DIR_NAME
@@ -50,24 +70,24 @@ def open_run(outdir: Path, settings: dict, force: bool, stem: str, length: int) 
             previous = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
             previous = {}
-        old = {k: v for k, v in previous.items() if k != "finished"}
+        old = {k: v for k, v in previous.items() if k not in INFO_KEYS}
         if old != settings:
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise VirNucProError(
                 f"{outdir}: holds a run with different {', '.join(changed)}; rerun with --force to "
                 "start over, or choose another OUTDIR")
+        remove_stale_temp_files(outdir, stem, length)
         finished = bool(previous.get("finished")) and all(p.is_file() for p in final_outputs(outdir, stem, length))
         if not finished:
-            log.info("resuming the run in %s", outdir)
+            log.info("resuming the run in %s (begun by version %s)", outdir, previous.get(VERSION_KEY, "unknown"))
         return work, finished
     elif any(p.exists() for p in final_outputs(outdir, stem, length)):
         raise VirNucProError(f"{outdir}: already holds results not made by this run "
                                    "(no run manifest); use --force to overwrite them or choose another OUTDIR")
     work.mkdir(parents=True, exist_ok=True)
-    for stale in work.glob(".*.tmp"):
-        stale.unlink()
+    remove_stale_temp_files(outdir, stem, length)
     with atomic_write(manifest_path) as handle:
-        json.dump(settings, handle, indent=1, sort_keys=True)
+        json.dump({**settings, VERSION_KEY: __version__}, handle, indent=1, sort_keys=True)
     return work, False
 
 
@@ -79,17 +99,65 @@ def concatenate(parts: list[Path], target: Path, header: str = "") -> None:
                 shutil.copyfileobj(handle, out, HASH_BLOCK)
 
 
-def merge_sorted(parts: list[Path], target: Path, header: str) -> None:
-    """Merge per-shard sorted consensus files into one file sorted by chunk id."""
-    handles: list[IO[str]] = [open(p, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n")
-                              for p in parts]
+def _chunk_key(line: str) -> str:
+    return line.split("\t", 1)[0]
+
+
+@contextlib.contextmanager
+def _opened(parts: list[Path]) -> Iterator[list[IO[str]]]:
+    handles: list[IO[str]] = []
     try:
-        with atomic_write(target) as out:
-            out.write(header)
-            out.writelines(heapq.merge(*handles, key=lambda line: line.split("\t", 1)[0]))
+        for part in parts:
+            handles.append(open(part, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n"))
+        yield handles
     finally:
         for handle in handles:
             handle.close()
+
+
+def _merge_round(parts: list[Path], scratch: Path, round_no: int, fan_in: int, made: list[Path]) -> list[Path]:
+    """Merge each run of ``fan_in`` consecutive parts into one temporary file in ``scratch`` (listed in ``made``)."""
+    merged = []
+    for group_no, start in enumerate(range(0, len(parts), fan_in)):
+        fd, name = tempfile.mkstemp(prefix=f".consensus_merge_{round_no}_{group_no}.", suffix=TEMP_SUFFIX,
+                                    dir=scratch)
+        os.close(fd)
+        made.append(Path(name))
+        merged.append(Path(name))
+        with _opened(parts[start:start + fan_in]) as handles, \
+                open(name, "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n") as out:
+            out.writelines(heapq.merge(*handles, key=_chunk_key))
+    return merged
+
+
+def merge_sorted(parts: list[Path], target: Path, header: str, *, fan_in: int = MERGE_FAN_IN,
+                 scratch: Path | None = None) -> None:
+    """Merge per-shard sorted consensus files into one file sorted by chunk id.
+
+    At most ``fan_in`` files are open at once: with more parts, consecutive runs of
+    parts are merged into temporary files in ``scratch`` (default: the parts' folder)
+    first, in rounds.  Lines with equal keys keep the order of their parts, so the
+    result is the same as one merge of all parts.
+    """
+    if fan_in < 2:
+        raise ValueError("fan_in must be at least 2")
+    scratch = scratch if scratch is not None else (parts[0].parent if parts else target.parent)
+    made: list[Path] = []
+    try:
+        round_no = 0
+        while len(parts) > fan_in:
+            inputs = parts
+            parts = _merge_round(inputs, scratch, round_no, fan_in, made)
+            if round_no:
+                for old in inputs:  # the previous round's temporary files
+                    old.unlink()
+            round_no += 1
+        with _opened(parts) as handles, atomic_write(target) as out:
+            out.write(header)
+            out.writelines(heapq.merge(*handles, key=_chunk_key))
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
 
 
 def finalise(outdir: Path, work: Path, shard_count: int, stem: str, length: int) -> None:
@@ -108,4 +176,5 @@ def finalise(outdir: Path, work: Path, shard_count: int, stem: str, length: int)
         json.dump(manifest, handle, indent=1, sort_keys=True)
     for path in work.glob("shard_*"):
         path.unlink()
+    remove_temp_files(work)
 
