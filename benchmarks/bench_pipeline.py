@@ -647,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="original: sequences per split file (one model load each)")
     parser.add_argument("--fp32", action="store_true", help="ours: protein model in fp32 on CUDA too")
     parser.add_argument("--dna-bf16", action="store_true",
-                        help="ours: DNA encoder in bf16 on CUDA (units uses fp32; what-if measurement)")
+                        help="ours: DNA encoder in bf16 on CUDA (virnucpro.embed uses fp32; what-if measurement)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="dense fp16 peak for MFU (default by GPU name, e.g. H100 SXM 989)")
