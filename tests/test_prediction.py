@@ -160,7 +160,7 @@ def test_keep_features_writes_merged_files(run, tmp_path, golden_dir, esm_model_
     for path in files:
         merged = torch.load(path, weights_only=True)
         assert merged["data"].shape == (len(merged["ids"]), merged["dna_dim"] + merged["protein_dim"])
-        assert merged["dna_dim"] == 768
+        assert merged["dna_dim"] == 768 and merged["virnucpro_version"] == units.__version__
         ids += merged["ids"]
     assert ids == [r[0] for r in read_rows(out / "prediction_results.txt")[1:]]
 
@@ -364,9 +364,9 @@ def _write_unscorable(path: Path, records: int, length: int) -> Path:
 def test_peak_memory_does_not_grow_with_input(tmp_path, esm_model_dir, dnabert_model_dir, checkpoint_300):
     """A 60 MB input must cost no more peak memory than a 1 MB one, give or take 20 MB.
 
-    Holding the 60 MB of sequences (12,000 records of 5 kb) at once adds about 60 MB:
-    a variant of iter_shards that lists every record first peaked 59 MiB above the small
-    run and fails here.  N-only records keep the run short: they stream, chunk and get
+    Holding the 60 MB of sequences (12,000 records of 5 kb) at once costs more: a variant
+    of iter_shards that lists every record first peaked 41-59 MiB above the small run
+    and fails here (the streaming engine: within 1 MiB).  N-only records keep the run short: they stream, chunk and get
     written like any input, but no frame survives to be embedded.
     """
     small = _write_unscorable(tmp_path / "small.fa", 200, 5000)
