@@ -25,7 +25,7 @@ from typing import Sequence
 
 from virnucpro import cli, outputs
 from virnucpro.errors import InputError
-from virnucpro.files import atomic_write, open_text
+from virnucpro.files import atomic_write, open_text, require_file
 from virnucpro.frames import chunk_sequence
 from virnucpro.ids import parse_frame_id
 
@@ -81,16 +81,9 @@ def build_parser() -> cli.CliArgumentParser:
 # ---------------------------------------------------------------------------
 
 
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise InputError(f"{path}: {what} not found")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-
-
 def read_results(path: Path) -> dict[str, SequenceScores]:
     """Per-sequence chunk scores from prediction_results.txt, in file order."""
-    _check_file(path, "prediction results")
+    require_file(path, "prediction results file")
     sequences: dict[str, SequenceScores] = {}
     with open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from virnucpro import cli, outputs
 from virnucpro.errors import FeatureFileError, InputError
 from virnucpro.fasta import SPLIT_FILE_TEMPLATE, read_fasta, split_fasta_file
-from virnucpro.files import open_text
+from virnucpro.files import open_text, require_dir
 
 # virnucpro.features and virnucpro.models (torch) are imported when features are made, not for --help.
 
@@ -136,8 +136,7 @@ def build_parser() -> cli.CliArgumentParser:
 
 def find_sources(data_dir: Path) -> list[Source]:
     """The identified nucleotide files under ``data_dir``, classified, in sorted order."""
-    if not data_dir.is_dir():
-        raise InputError(f"{data_dir}: data directory not found")
+    require_dir(data_dir)
     merge_dir = data_dir / MERGE_DIR_NAME
     sources = []
     for path in sorted(data_dir.rglob(f"*{NUCLEOTIDE_SUFFIX}")):

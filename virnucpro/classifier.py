@@ -20,7 +20,7 @@ from torch import nn
 from . import __version__
 from .defaults import LABEL_MAP
 from .errors import CheckpointError
-from .files import atomic_torch_save
+from .files import atomic_torch_save, require_file
 from .models import resolve_device
 from .outputs import VERSION_KEY
 
@@ -134,10 +134,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     nothing is ever unpickled outside the weights-only loader.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a .pth checkpoint")
+    require_file(path, ".pth checkpoint", CheckpointError)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .defaults import VIRUS_CLASS
 from .errors import FeatureFileError, InputError
 from .features import MergedFile, read_merged_file, require_finite
+from .files import require_dir
 from .ids import source_sequence_id
 from .outputs import VIRAL_MERGED_DIR_NAME
 
@@ -58,11 +59,8 @@ class TrainingData:
 
 def find_merged_files(data_dir: Path, viral_dir: str) -> list[tuple[Path, int]]:
     """``(file, label)`` for every ``*.pt`` in the sub-folders: viral folder first, then the others, sorted."""
-    if not data_dir.exists():
-        raise InputError(f"{data_dir}: data directory not found (make it with features_extract.py, "
-                         "or point --data-dir at the folder holding the *_merged sub-folders)")
-    if not data_dir.is_dir():
-        raise InputError(f"{data_dir}: not a directory")
+    require_dir(data_dir, hint=" (make it with features_extract.py, or point --data-dir at the folder "
+                               "holding the *_merged sub-folders)")
     viral: list[Path] = []
     host: list[Path] = []
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
