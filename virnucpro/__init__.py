@@ -12,6 +12,13 @@
 ``classifier``     the MLP classifier and its checkpoints
 ``outputs``        every output file name and column list shared by scripts
 ``cli``            argument parsing, logging and the shared ``main`` wrapper
+``defaults``       model ids, batch sizes, labels
+``shards``         prediction input grouped into shards, chunked and framed
+``scoring``        the models of a prediction run, loaded once; scoring a shard
+``results``        per-shard result files; the frame -> chunk -> sequence roll-up
+``runstate``       a prediction OUTDIR: manifest, resume, ``--force``, final merge
+``training_data``  the training set: merged files read, checked, split
+``training``       the training loop: batches, metrics, early stopping
 =================  ==========================================================
 
 Importing the package (or ``errors``, ``files``, ``fasta``, ``ids``, ``frames``,
