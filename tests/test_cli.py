@@ -114,6 +114,7 @@ print(len(records), kept)
 '''
 
 
+@pytest.mark.slow  # importing transformers' Auto classes takes 5-10 s of CPU
 def test_star_import_of_units_gives_the_original_names(tmp_path, golden_dir):
     script = tmp_path / "original_style.py"
     script.write_text(ORIGINAL_STYLE_SCRIPT.format(reads=str(golden_dir / "reads.fa"),
