@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from virnucpro import cli, outputs
-from virnucpro.defaults import DNABERT_S_MODEL, FASTESM_MODEL
+from virnucpro.defaults import DNABERT_S_MODEL, FASTESM_MODEL, SPLIT_CHOICES
 from virnucpro.errors import InputError
 
 if TYPE_CHECKING:  # torch and the training modules are imported when training starts, not for --help
@@ -46,7 +46,6 @@ DEFAULT_CHUNK_SIZE = 300
 DEFAULT_OUT_TEMPLATE = outputs.checkpoint_name("{chunk_size}")  # type: ignore[arg-type]
 DEFAULT_LOG = Path(outputs.TRAINING_LOG_NAME)
 NUM_CLASS = 2
-SPLIT_CHOICES = ("sequence", "record")  # as virnucpro.training_data.SPLIT_CHOICES (no torch here)
 
 
 # ---------------------------------------------------------------------------

@@ -10,3 +10,5 @@ DEFAULT_BATCH_TOKENS = 16384
 #: Classifier outputs: class index -> label written in prediction_results.txt.
 LABEL_MAP = {0: "others", 1: "virus"}
 VIRUS_CLASS = 1
+#: How train.py may split the hold-out: by source sequence, or per row as the original.
+SPLIT_CHOICES = ("sequence", "record")

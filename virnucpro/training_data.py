@@ -31,7 +31,6 @@ log = logging.getLogger("virnucpro.train")
 DEFAULT_VIRAL_DIR = VIRAL_MERGED_DIR_NAME
 LEGACY_DNA_DIM = 768  # DNABERT-S; used only for merged files that do not record their widths
 VIRAL_LABEL, HOST_LABEL = VIRUS_CLASS, 0
-SPLIT_CHOICES = ("sequence", "record")
 
 
 @dataclass
