@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # torch and the training modules are imported when training s
     import numpy as np
     import torch
 
+    from virnucpro.training import FitResult
     from virnucpro.training_data import TrainingData
 
 log = logging.getLogger("virnucpro.train")
@@ -189,7 +190,7 @@ def describe_data(data: TrainingData, train_rows: np.ndarray, test_rows: np.ndar
             "train_rows": int(len(train_rows)), "test_rows": int(len(test_rows)), "test_viral_rows": test_viral}
 
 
-def best_metrics(fitted: Any, args: argparse.Namespace, n_train: int) -> dict[str, Any]:
+def best_metrics(fitted: FitResult, args: argparse.Namespace, n_train: int) -> dict[str, Any]:
     """The metrics recorded in the checkpoint: the best epoch's, and how the run went."""
     from virnucpro.training import METRIC_NAMES
 
@@ -211,7 +212,7 @@ def best_metrics(fitted: Any, args: argparse.Namespace, n_train: int) -> dict[st
 
 
 def write_report(path: Path, out_path: Path, metrics: dict[str, Any], data: TrainingData, names: tuple[str, str],
-                 counts: dict[str, Any], fitted: Any, args: argparse.Namespace) -> None:
+                 counts: dict[str, Any], fitted: FitResult, args: argparse.Namespace) -> None:
     """The metrics JSON beside the checkpoint: best epoch, data, options, history."""
     from virnucpro import __version__
     from virnucpro.files import atomic_write
