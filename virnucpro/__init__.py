@@ -19,6 +19,9 @@
 ``runstate``       a prediction OUTDIR: manifest, resume, ``--force``, final merge
 ``training_data``  the training set: merged files read, checked, split
 ``training``       the training loop: batches, metrics, early stopping
+``shardindex``     prediction's one input pass and shard index; reading any shard
+``dupcheck``       duplicate record ids found in bounded memory
+``runlock``        the exclusive lock of a prediction OUTDIR
 =================  ==========================================================
 
 Importing the package (or ``errors``, ``files``, ``fasta``, ``ids``, ``frames``,
