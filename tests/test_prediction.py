@@ -376,8 +376,9 @@ def test_peak_memory_does_not_grow_with_input(tmp_path, esm_model_dir, dnabert_m
 
     Holding the 60 MB of sequences (12,000 records of 5 kb) at once costs more: a variant
     that reads every shard's records before scoring peaked 61 MiB above the small run
-    (VmHWM) and fails here; the streaming engine passes.  N-only records keep the run short: they
-    stream, chunk and get written like any input, but no frame survives to be embedded.
+    (VmHWM) and fails here; the streaming engine passes.  N-only records keep the run
+    short: they stream, chunk and get written like any input, but no frame survives to
+    be embedded.
     """
     small = _write_unscorable(tmp_path / "small.fa", 200, 5000)
     large = _write_unscorable(tmp_path / "large.fa", 12000, 5000)
