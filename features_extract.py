@@ -17,8 +17,10 @@ split the DNABERT-S features (``output_{k}_DNABERT_S.pt``) and protein features
 
 DNABERT-S feature files left by the original pipeline are reused as they are when
 they hold the split's sequence ids; protein features are recomputed unless they were
-made by the same protein model for the same ids.  Merged files already made by the
-same models for the same split are kept unless ``--force``.
+made by the same protein model at the same revision for the same ids.  Merged files
+already made by the same models at the same revisions for the same split are kept
+unless ``--force``; every merged file records both models' revisions, so one merged set
+never mixes features of different weights.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ from tqdm.auto import tqdm
 from virnucpro import cli, outputs
 from virnucpro.errors import FeatureFileError, InputError
 from virnucpro.fasta import SPLIT_FILE_TEMPLATE, read_fasta, split_fasta_file
-from virnucpro.files import open_text, require_dir
+from virnucpro.files import atomic_torch_save, open_text, require_dir
+from virnucpro.provenance import REVISION_KEYS, resolve_model_revision
 
 # virnucpro.features and virnucpro.models (torch) are imported when features are made, not for --help.
 
@@ -253,12 +256,15 @@ def merged_is_current(split: Split, ids: list[str], args: argparse.Namespace) ->
     except FeatureFileError as exc:  # unreadable or malformed means "make it again"
         log.warning("%s; it is made again", exc)
         return False
+    revisions = args.resolved_revisions
     current = (merged.dna_model == str(args.dnabert_model)
                and merged.protein_model == str(args.esm_model)
+               and merged.dna_model_revision == revisions["dna"]
+               and merged.protein_model_revision == revisions["protein"]
                and merged.labels == [1 if split.kind == "viral" else 0]
                and merged.ids and set(merged.ids) <= set(ids))
     if not current:
-        log.info("%s: made from other sequences or models; it is made again", split.merged)
+        log.info("%s: made from other sequences, models or model revisions; it is made again", split.merged)
     return bool(current)
 
 
@@ -296,12 +302,19 @@ def process_split(split: Split, args: argparse.Namespace, progress: bool) -> boo
         return False
     if not reusable_legacy_dna_features(split, ids):
         extract_DNABERT_S(split.nucleotide, split.dna_features, model_location=args.dnabert_model,
-                                device=args.device, batch_tokens=args.batch_tokens, progress=progress)
+                                device=args.device, batch_tokens=args.batch_tokens, progress=progress,
+                                model_revision=args.dnabert_revision)
     extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
                       out_file=split.protein_features, device=args.device,
-                      fp16=False if args.fp32 else None, progress=progress)
-    merged = merge_data(split.dna_features, split.protein_features, split.merged, split.kind,
+                      fp16=False if args.fp32 else None, progress=progress, model_revision=args.esm_revision)
+    merged = merge_data(split.dna_features, split.protein_features, None, split.kind,
                         dna_model=str(args.dnabert_model), protein_model=str(args.esm_model))
+    for kind, revision in args.resolved_revisions.items():  # a reused original-pipeline DNA file records none
+        if merged.get(REVISION_KEYS[kind], revision) != revision:
+            raise FeatureFileError(f"{split.merged}: the {kind} features were made at revision "
+                                   f"{merged[REVISION_KEYS[kind]]} but the model is now at {revision}")
+        merged[REVISION_KEYS[kind]] = revision
+    atomic_torch_save(merged, split.merged)
     log.info("%s: %d rows of width %d", split.merged, len(merged["ids"]), merged["data"].shape[1])
     return True
 
@@ -325,6 +338,9 @@ def run(args: argparse.Namespace) -> int:
     sources = find_sources(args.data_dir)
     progress = not args.quiet
     splits = select_splits(args.data_dir, sources, args.sequences_per_file, args.seed, progress)
+    args.resolved_revisions = {  # every merged file records these
+        "dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+        "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
     made = 0
     for split in tqdm(splits, desc="feature files", unit="file", disable=not progress):
         made += process_split(split, args, progress)

@@ -5,8 +5,9 @@
 Each sequence is cut into LENGTH-bp chunks, every chunk is translated in six frames,
 the stop-free frames are embedded with DNABERT-S (DNA) and FastESM2 (protein), and
 the classifier scores every frame.  OUTDIR receives prediction_results.txt (one row
-per frame), prediction_results_highestscore.csv (one row per chunk) and
-prediction_summary.tsv (one row per input sequence).
+per frame), prediction_results_highestscore.csv (one row per chunk),
+prediction_summary.tsv (one row per input sequence) and viral_sequences.fa (the input
+records called virus).  INPUT may be FASTA or FASTQ, plain or gzip.
 
 Records stream through in shards, so memory stays flat whatever the input size.
 A run that is killed resumes from its finished shards when rerun with the same
@@ -39,11 +40,14 @@ import contextlib  # noqa: E402
 import logging  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Iterator, Sequence  # noqa: E402
+from typing import TYPE_CHECKING, Iterator, Sequence  # noqa: E402
 
 from virnucpro import cli, outputs  # noqa: E402
 from virnucpro.shards import DEFAULT_SHARD_CHUNKS  # noqa: E402
 from virnucpro.errors import CheckpointError, InputError  # noqa: E402
+
+if TYPE_CHECKING:
+    from virnucpro.shardindex import InputSource
 
 log = logging.getLogger("virnucpro.predict")
 
@@ -56,7 +60,8 @@ def build_parser() -> cli.CliArgumentParser:
         epilog="Example: python prediction.py reads.fasta 300 results/  "
                "(uses 300_model_fastesm650.pth; train one with train.py)",
     )
-    parser.add_argument("input", type=Path, help="DNA (or RNA) FASTA file to score, plain or gzip-compressed; "
+    parser.add_argument("input", type=Path, help="DNA (or RNA) FASTA or FASTQ file to score, plain or gzip-compressed "
+                                                 "(detected from the content; FASTQ qualities are ignored); "
                                                  "'-' or a pipe reads a stream")
     parser.add_argument("length", type=cli.positive_int, metavar="LENGTH",
                         help="chunk length in bp (300 or 500; must match the model's chunk size)")
@@ -71,6 +76,9 @@ def build_parser() -> cli.CliArgumentParser:
                         help="keep the merged feature files in OUTDIR/features/")
     parser.add_argument("--force", action="store_true",
                         help="discard earlier results of this program in OUTDIR and start over")
+    parser.add_argument("--strict-models", action="store_true",
+                        help="refuse to run when the language models (their resolved revisions) differ from "
+                             "those the checkpoint was trained with, instead of warning")
     return parser
 
 
@@ -106,8 +114,12 @@ def prepare_outdir(outdir: Path) -> bool:
     return created
 
 
-def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -> dict:
-    """Everything that determines the output bytes, but the input's hash (the shard index has it)."""
+def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, revisions: dict[str, str]) -> dict:
+    """Everything that determines the output bytes, but the input's hash (the shard index has it).
+
+    ``revisions`` (``dna``/``protein`` -> resolved revision) identify the language-model
+    weights, so a resume with other weights at the same path is refused.
+    """
     from virnucpro.files import file_sha256
     from virnucpro.runstate import MANIFEST_VERSION
 
@@ -117,12 +129,26 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -
         "checkpoint_sha256": file_sha256(checkpoint),
         "esm_model": str(args.esm_model),
         "dnabert_model": str(args.dnabert_model),
+        "esm_model_revision": revisions["protein"],
+        "dnabert_model_revision": revisions["dna"],
         "device_type": device_type,
         "protein_fp16": device_type == "cuda" and not args.fp32,
         "batch_tokens": args.batch_tokens,
         "shard_size": args.shard_size,
         "keep_features": bool(args.keep_features),
     }
+
+
+def model_revisions(args: argparse.Namespace, checkpoint: Path, meta: dict) -> dict[str, str]:
+    """The two models' resolved revisions, checked against the checkpoint's (``--strict-models``: refused)."""
+    from virnucpro.provenance import check_against_checkpoint, resolve_model_revision
+
+    revisions = {"dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+                 "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
+    check_against_checkpoint(checkpoint, meta, {"dna": (str(args.dnabert_model), revisions["dna"]),
+                                                "protein": (str(args.esm_model), revisions["protein"])},
+                             args.strict_models)
+    return revisions
 
 
 def check_length(length: int) -> None:
@@ -135,7 +161,7 @@ def check_length(length: int) -> None:
                          "is embedded whole); use 300 or 500")
 
 
-def output_stem(source) -> str:
+def output_stem(source: InputSource) -> str:
     """The name the outputs are called by: the input's stem; ``stdin`` for ``-`` and unnamed pipes (``<(...)``)."""
     import re
 
@@ -177,10 +203,11 @@ def remove_if_unused(outdir: Path, remove_outdir: bool) -> None:
             pass  # not empty: someone else's files
 
 
-def _predict_locked(args: argparse.Namespace, source) -> int:
+def _predict_locked(args: argparse.Namespace, source: InputSource) -> int:
+    """The run itself, OUTDIR locked: checkpoint, input pass, shards, final outputs."""
     from virnucpro.models import resolve_device
-    from virnucpro.results import shard_path, write_shard
-    from virnucpro.runstate import finalise, open_run
+    from virnucpro.results import write_shard
+    from virnucpro.runstate import finalise, open_run, pending_shards
     from virnucpro.scoring import check_finite, load_classifier, load_scorer
     from virnucpro.shardindex import ShardReader, build_index, load_index
     from virnucpro.shards import preprocess_shard
@@ -188,21 +215,22 @@ def _predict_locked(args: argparse.Namespace, source) -> int:
     checkpoint = find_checkpoint(args.model, args.length)
     classifier, meta = load_classifier(checkpoint, args.length)
     device = resolve_device(args.device)
+    revisions = model_revisions(args, checkpoint, meta)
     stem = output_stem(source)
-    settings = run_settings(args, checkpoint, device.type)
+    settings = run_settings(args, checkpoint, device.type, revisions)
 
     def get_index(work: Path):
         # One pass validates the whole input, so bad records are reported before models load.
         index = load_index(work, source, args.length, args.shard_size)
         return index or build_index(source, work, args.length, args.shard_size)
 
-    with disk_full_says(args.outdir, "the shard index"):
+    with disk_full_says(args.outdir, "the shard index (or a piped input's spool)"):
         work, index, finished = open_run(args.outdir, settings, args.force, stem, args.length, get_index)
     if finished:
         log.info("%s is complete already (use --force to recompute)", args.outdir)
         return cli.EXIT_OK
     scorer = load_scorer(checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
-                         esm_model=args.esm_model, protein_fp16=not args.fp32,
+                         esm_model=args.esm_model, protein_fp16=not args.fp32, revisions=revisions,
                          batch_tokens=args.batch_tokens, progress=not args.quiet)
     features_dir = args.outdir / outputs.FEATURES_DIR_NAME if args.keep_features else None
 
@@ -214,10 +242,9 @@ def _predict_locked(args: argparse.Namespace, source) -> int:
         log.info("shard %d: %d sequences, %d chunks, %d frames scored", shard.index, len(shard.sequences),
                  shard.chunk_count, len(shard.frame_ids))
 
-    pending_shards = [k for k in range(len(index.shards)) if not shard_path(work, k, "done").is_file()]
     with ThreadPoolExecutor(max_workers=1) as prefetch, ShardReader(index, work) as reader:
         pending = None
-        for k in pending_shards:
+        for k in pending_shards(work, index):
             next_shard = prefetch.submit(preprocess_shard, k, reader.read(k), args.length)
             if pending is not None:
                 score_and_write(pending.result())

@@ -225,14 +225,27 @@ def write_report(path: Path, out_path: Path, metrics: dict[str, Any], data: Trai
         "input_dim": data.input_dim,
         "dna_model": names[0], "dna_dim": data.dna_dim,
         "protein_model": names[1], "protein_dim": data.protein_dim,
+        "dna_model_revision": data.dna_model_revision, "protein_model_revision": data.protein_model_revision,
         "chunk_size": args.chunk_size,
         "data": counts,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())},
         "history": fitted.history,
     }
+    if data.ids is not None:
+        report["holdout_ids"] = str(outputs.holdout_ids_path(out_path))
     with atomic_write(path) as handle:
         json.dump(json_safe(report), handle, indent=2)
         handle.write("\n")
+
+
+def write_holdout_ids(out_path: Path, data: TrainingData, test_rows: np.ndarray) -> None:
+    """The hold-out's row ids beside the checkpoint, so exactly it can be evaluated later (evaluate.py --ids)."""
+    from virnucpro.files import atomic_write
+
+    if data.ids is None:
+        return
+    with atomic_write(outputs.holdout_ids_path(out_path)) as handle:
+        handle.writelines(f"{data.ids[row]}\n" for row in sorted(test_rows.tolist()))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -270,7 +283,10 @@ def run(args: argparse.Namespace) -> int:
         fitted = training.fit(model, data, loader, test_rows, schedule, device, write_line, progress)
         metrics = best_metrics(fitted, args, len(train_rows))
         save_checkpoint(out_path, model, dna_model=names[0], dna_dim=data.dna_dim, protein_model=names[1],
-                        protein_dim=data.protein_dim, chunk_size=args.chunk_size, metrics=metrics)
+                        protein_dim=data.protein_dim, chunk_size=args.chunk_size, metrics=metrics,
+                        dna_model_revision=data.dna_model_revision,
+                        protein_model_revision=data.protein_model_revision)
+        write_holdout_ids(out_path, data, test_rows)
         write_report(metrics_path, out_path, metrics, data, names, counts, fitted, args)
         best = fitted.best
         write_line(f"Best epoch {best['epoch']}: Test Loss {best['loss']:.4f}, "

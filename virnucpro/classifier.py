@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .defaults import LABEL_MAP
+from .defaults import ESM2_3B_MODEL, LABEL_MAP
 from .errors import CheckpointError
 from .files import atomic_torch_save, require_file
 from .models import resolve_device
@@ -57,8 +57,13 @@ CHECKPOINT_KEYS = ("state_dict", "input_dim", "hidden_dim", "num_class", "dna_mo
 
 def save_checkpoint(path: str | os.PathLike, model: MLPClassifier, *, dna_model: str, dna_dim: int,
                     protein_model: str, protein_dim: int, chunk_size: int,
-                    metrics: dict[str, Any] | None = None, label_map: dict[int, str] | None = None) -> dict:
-    """Save a classifier as a plain dict (loadable with ``weights_only=True``), atomically."""
+                    metrics: dict[str, Any] | None = None, label_map: dict[int, str] | None = None,
+                    dna_model_revision: str | None = None, protein_model_revision: str | None = None) -> dict:
+    """Save a classifier as a plain dict (loadable with ``weights_only=True``), atomically.
+
+    The ``*_model_revision`` arguments record the exact language-model weights the features
+    came from (see :mod:`virnucpro.provenance`); prediction.py compares them with its models.
+    """
     input_dim = model.hidden_layer.in_features
     if input_dim != dna_dim + protein_dim:
         raise ValueError(f"model input {input_dim} != dna_dim {dna_dim} + protein_dim {protein_dim}")
@@ -71,6 +76,8 @@ def save_checkpoint(path: str | os.PathLike, model: MLPClassifier, *, dna_model:
         "dna_dim": int(dna_dim),
         "protein_model": str(protein_model),
         "protein_dim": int(protein_dim),
+        "dna_model_revision": str(dna_model_revision) if dna_model_revision else None,
+        "protein_model_revision": str(protein_model_revision) if protein_model_revision else None,
         "chunk_size": int(chunk_size),
         "label_map": {int(k): str(v) for k, v in (label_map or LABEL_MAP).items()},
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -196,8 +203,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         if legacy:
             raise CheckpointError(
                 f"{path}: {legacy}. It was trained on ESM2-3B features and cannot score FastESM2 "
-                "features (and is not loaded, because unpickling it could run code). Train a "
-                "FastESM2 model with train.py, or use a *_model_fastesm650.pth checkpoint") from None
+                "features (and is not loaded, because unpickling it could run code). Convert it safely "
+                f"with: python convert_checkpoint.py {path} {path.stem}_esm2_3b.pth --chunk-size N, then "
+                f"predict with --model that file and --esm-model {ESM2_3B_MODEL}; or train a "
+                "FastESM2 model with train.py") from None
         raise CheckpointError(f"{path}: not a VirNucPro-FastESM checkpoint ({_load_failure(exc)}); refused "
                               "without running any code in it") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format_version") != CHECKPOINT_FORMAT_VERSION:

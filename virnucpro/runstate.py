@@ -18,9 +18,11 @@ from typing import IO, Callable, Iterator
 
 from . import __version__
 from .errors import VirNucProError
+from .fasta import write_fasta_record
+from .fastq import read_sequences
 from .files import HASH_BLOCK, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, remove_temp_files
 from .outputs import (CONSENSUS_COLUMNS, FEATURES_DIR_NAME, MANIFEST_NAME, RESULTS_COLUMNS, SHARD_FEATURES_GLOB,
-                      SUMMARY_COLUMNS, VERSION_KEY, WORK_DIR_NAME, final_outputs, header_line)
+                      SUMMARY_COLUMNS, VERSION_KEY, VIRAL_CALL, WORK_DIR_NAME, final_outputs, header_line)
 from .results import SHARD_PARTS, merge_summaries, shard_path
 from .shardindex import SPOOL_NAME, ShardIndex
 
@@ -192,6 +194,33 @@ def merge_sorted(parts: list[Path], target: Path, header: str, *, fan_in: int = 
             path.unlink(missing_ok=True)
 
 
+def pending_shards(work: Path, index: ShardIndex) -> list[int]:
+    """The shards of the index without a ``done`` marker, in order (recomputed at every start)."""
+    return [k for k in range(len(index.shards)) if not shard_path(work, k, "done").is_file()]
+
+
+def write_viral_sequences(input_path: Path, summary: Path, target: Path) -> int:
+    """Write the input records called ``virus`` in ``summary`` to ``target``; returns their count.
+
+    The summary lists the input records in input order, so both are streamed side by side
+    (memory stays flat); headers and sequences are written as in the input.
+    """
+    count = 0
+    with open(summary, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n") as rows, \
+            atomic_write(target) as out:
+        next(rows)  # the header line
+        for record in read_sequences(input_path, alphabet=None, check_duplicates=False):
+            fields = next(rows, "").rstrip("\n").split("\t")
+            if fields[0] != record.id:
+                raise VirNucProError(f"{summary}: row '{fields[0]}' does not match input record "
+                                     f"'{record.id}' of {input_path}; rerun with --force")
+            if fields[-1] == VIRAL_CALL:
+                write_fasta_record(out, record.description, record.seq)
+                count += 1
+    log.info("%d viral sequences in %s", count, target)
+    return count
+
+
 def check_shards_done(work: Path, index: ShardIndex) -> None:
     """Raise unless every shard of the index is done with the index's chunk count."""
     for k, entry in enumerate(index.shards):
@@ -209,7 +238,7 @@ def finalise(outdir: Path, work: Path, index: ShardIndex, stem: str, length: int
     check_shards_done(work, index)
     shard_count = len(index.shards)
     parts = {part: [shard_path(work, i, part) for i in range(shard_count)] for part in SHARD_PARTS}
-    chunked, nucleotide, protein, results, consensus, summary = final_outputs(outdir, stem, length)
+    chunked, nucleotide, protein, results, consensus, summary, viral = final_outputs(outdir, stem, length)
     concatenate(parts["chunked.fa"], chunked)
     concatenate(parts["nucleotide.fa"], nucleotide)
     concatenate(parts["protein.faa"], protein)
@@ -218,6 +247,7 @@ def finalise(outdir: Path, work: Path, index: ShardIndex, stem: str, length: int
     with atomic_write(summary) as out:
         out.write(header_line(SUMMARY_COLUMNS))
         merge_summaries(parts["summary.tsv"], out)
+    write_viral_sequences(index.data_path(work), summary, viral)
     manifest_path = work / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text())
     manifest["finished"] = True

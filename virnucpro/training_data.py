@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .defaults import VIRUS_CLASS
 from .errors import FeatureFileError, InputError
-from .features import MergedFile, read_merged_file, require_finite
+from .features import MERGED_NAME_KEYS, MergedFile, read_merged_file, require_finite
 from .files import require_dir
 from .ids import source_sequence_id
 from .outputs import VIRAL_MERGED_DIR_NAME
@@ -45,6 +45,9 @@ class TrainingData:
     protein_dim: int
     dna_model: str | None = None
     protein_model: str | None = None
+    dna_model_revision: str | None = None
+    protein_model_revision: str | None = None
+    ids: list[str] | None = None    # the row ids (None when a file records none)
 
     @property
     def input_dim(self) -> int:
@@ -119,7 +122,7 @@ class FileAgreement:
             elif file_dims != self.dims:
                 raise FeatureFileError(f"{path}: dna_dim/protein_dim {file_dims} differ from {self.dims} in "
                                        f"{self.dims_file}")
-        for key in ("dna_model", "protein_model"):
+        for key in MERGED_NAME_KEYS:
             value = getattr(merged, key)
             if value is None:
                 continue
@@ -224,10 +227,11 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
     dna_dim, protein_dim = agreement.part_widths()
     assert agreement.width is not None
     features, labels = stack_rows(blocks, agreement.width)
+    with_ids = all(m.ids is not None for m, _ in blocks)
     return TrainingData(features=features, labels=labels, groups=row_groups(m for m, _ in blocks),
                         files=[m.path for m, _ in blocks], dna_dim=dna_dim, protein_dim=protein_dim,
-                        dna_model=agreement.model_name("dna_model"),
-                        protein_model=agreement.model_name("protein_model"))
+                        ids=[i for m, _ in blocks for i in m.ids] if with_ids else None,  # type: ignore[union-attr]
+                        **{key: agreement.model_name(key) for key in MERGED_NAME_KEYS})
 
 
 # ---------------------------------------------------------------------------
