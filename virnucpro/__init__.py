@@ -12,6 +12,9 @@
 ``classifier``     the MLP classifier and its checkpoints
 ``outputs``        every output file name and column list shared by scripts
 ``cli``            argument parsing, logging and the shared ``main`` wrapper
+``shardindex``     prediction's one input pass and shard index; reading any shard
+``dupcheck``       duplicate record ids found in bounded memory
+``runlock``        the exclusive lock of a prediction OUTDIR
 =================  ==========================================================
 
 Importing the package (or ``errors``, ``files``, ``fasta``, ``ids``, ``frames``,

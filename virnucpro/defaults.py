@@ -5,6 +5,10 @@ DNABERT_S_MODEL = "zhihan1996/DNABERT-S"
 FASTESM_MODEL = "Synthyra/FastESM2_650"
 #: Residues of a protein pooled into its embedding (positions 1..min(L, 1024)).
 TRUNCATION_SEQ_LENGTH = 1024
+#: The longest chunk LENGTH prediction accepts: a frame's protein (LENGTH / 3 residues) is
+#: embedded whole up to TRUNCATION_SEQ_LENGTH residues, and a chunk's DNA is embedded
+#: whole (attention memory grows with the square of its length).
+MAX_CHUNK_LENGTH = 3 * TRUNCATION_SEQ_LENGTH
 #: Padded tokens in one language-model batch.
 DEFAULT_BATCH_TOKENS = 16384
 #: Classifier outputs: class index -> label written in prediction_results.txt.

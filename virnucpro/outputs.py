@@ -18,6 +18,7 @@ SUMMARY_COLUMNS = ("Sequence_ID", "Length", "Chunks", "Scored_Chunks", "Viral_Ch
                    "Viral_Fraction", "Max_Virus_Score", "Mean_Virus_Score", "Prediction")
 FIGURE_NAME = "prediction.png"
 WORK_DIR_NAME = ".virnucpro_work"
+LOCK_NAME = ".virnucpro.lock"  # in OUTDIR, held while a run is live
 MANIFEST_NAME = "manifest.json"
 FEATURES_DIR_NAME = "features"
 FASTA_SUFFIXES = (".fa", ".fasta", ".fas", ".fna", ".ffn", ".fsa", ".seq", ".txt")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .classifier import load_checkpoint
 from .embed import embed_dna, embed_proteins
-from .errors import CheckpointError
+from .errors import CheckpointError, RunFailedError
 from .models import LoadedModel, load_dnabert_model, load_protein_model
 from .outputs import checkpoint_name
 from .shards import Shard
@@ -53,6 +53,16 @@ class Scorer:
                 batch = features[start:start + MLP_BATCH_ROWS].to(self.device)
                 out[start:start + batch.shape[0]] = F.softmax(self.classifier(batch), dim=1).cpu().numpy()
         return out
+
+
+def check_finite(probabilities: np.ndarray, shard: Shard) -> None:
+    """Stop the run (:class:`RunFailedError`) when a score of a shard is NaN or infinite; nothing is written."""
+    bad = ~np.isfinite(probabilities).all(axis=1)
+    if bad.any():
+        first = shard.frame_ids[int(np.flatnonzero(bad)[0])]
+        raise RunFailedError(f"shard {shard.index}: {int(bad.sum())} frame(s) got a non-finite score "
+                             f"(first {first}); nothing of this shard was written. The models or the "
+                             "device give NaN/Inf: check the checkpoint and language models (try --fp32)")
 
 
 def load_classifier(checkpoint_path: Path, length: int) -> tuple[torch.nn.Module, dict]:
