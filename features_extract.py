@@ -356,6 +356,9 @@ def extract(args: argparse.Namespace) -> int:
     of its share of the due splits (round-robin), then rank 0 reports.
     """
     device = distributed.together(lambda: distributed.rank_device(args.device))  # fail early on a bad --device
+    if args.force and not distributed.first_launch():  # a restart replays the command line: keep what it made
+        log.info("--force applies to the first launch of a job only (%s)", distributed.restart_note())
+        args.force = False
     progress = not args.quiet and distributed.is_main()
     splits, due = distributed.on_main(lambda: plan(args, progress))
     mine = distributed.my_share(due)

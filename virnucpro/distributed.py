@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Tuple, TypeVar
 
 from .cli import EXIT_DATA_SOURCE, EXIT_FAILURE, EXIT_USAGE
-from .errors import DataSourceError, VirNucProError
+from .errors import DataSourceError, RunFailedError, VirNucProError
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +35,7 @@ log = logging.getLogger("virnucpro")
 T = TypeVar("T")
 TIMEOUT_ENV = "VIRNUCPRO_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 6 * 3600
+PEER_FAILURE_GRACE_S = 2.0  # a rank stopping for another rank's error waits this long before exiting
 RESTART_ENVS = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")  # torchrun restarts, SLURM requeues
 # Turns of :func:`together` with ``turns=True``: rank 0 writes a shared cache first, then one
 # rank per node fills a node-local cache, then every other rank only reads.
@@ -144,9 +147,13 @@ def launch(body: Callable[[], int | None]) -> int | None:
     backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
     dist.init_process_group(backend, timeout=timeout())
     log.debug("process group up: %s, %d ranks", backend, world_size())
+    if not is_main():  # only rank 0 says "interrupted" when the job is stopped (SLURM, torchrun)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         return body()
     except PeerFailure as failure:
+        if not is_main():  # let rank 0 print its line and be the failure torchrun reports first
+            time.sleep(PEER_FAILURE_GRACE_S)
         return failure.exit_code
     finally:
         dist.destroy_process_group()
@@ -182,15 +189,24 @@ def gather(value: T) -> list[T]:
     return box
 
 
-def _outcome(error: BaseException | None) -> tuple[int, str, str] | None:
-    """What the other ranks need to know of an error: (exit code, error class path, message)."""
+Outcome = Tuple[int, bool, str, str]  # exit code, printed as one line?, error class path, message
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code the CLI gives ``error`` (see :func:`virnucpro.cli.run_cli`)."""
+    if isinstance(error, RunFailedError):
+        return EXIT_FAILURE
+    if isinstance(error, DataSourceError):
+        return EXIT_DATA_SOURCE
+    return EXIT_USAGE if isinstance(error, VirNucProError) else EXIT_FAILURE
+
+
+def _outcome(error: BaseException | None) -> Outcome | None:
+    """What the other ranks need to know of an error."""
     if error is None:
         return None
-    if isinstance(error, DataSourceError):
-        code = EXIT_DATA_SOURCE
-    else:
-        code = EXIT_USAGE if isinstance(error, VirNucProError) else EXIT_FAILURE
-    return code, f"{type(error).__module__}:{type(error).__qualname__}", str(error)
+    kind = f"{type(error).__module__}:{type(error).__qualname__}"
+    return exit_code_of(error), isinstance(error, VirNucProError), kind, str(error)
 
 
 def _rebuild(kind: str, message: str) -> VirNucProError:
@@ -207,7 +223,7 @@ def _rebuild(kind: str, message: str) -> VirNucProError:
     return VirNucProError(message)
 
 
-def _stop_if_failed(outcomes: Sequence[tuple[int, str, str] | None], own: BaseException | None) -> None:
+def _stop_if_failed(outcomes: Sequence[Outcome | None], own: BaseException | None) -> None:
     """After an exchange of outcomes: raise on every rank when any rank failed.
 
     A bug keeps its traceback on the rank where it happened; rank 0 raises the first
@@ -219,11 +235,11 @@ def _stop_if_failed(outcomes: Sequence[tuple[int, str, str] | None], own: BaseEx
         return
     if own is not None and not isinstance(own, VirNucProError):
         raise own
-    first_rank, (code, kind, message) = failed[0]
+    first_rank, (code, printable, kind, message) = failed[0]
     if is_main():
         if own is not None:
             raise own
-        if code != EXIT_FAILURE:
+        if printable:
             raise _rebuild(kind, message)
         log.error("rank %d failed unexpectedly (see its log above)", first_rank)
     raise PeerFailure(code)
