@@ -6,19 +6,26 @@ and marked slow.
 """
 from __future__ import annotations
 
+import gzip
 import os
+import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import features_extract
+import prediction
 from test_features_extract import SPF, copy_identified, merged_files
-from virnucpro import distributed
-from virnucpro.errors import InputError
+from test_prediction import checkpoint_300, random_dna  # noqa: F401 - a fixture and a helper
+from virnucpro import distributed, outputs
+from virnucpro.errors import InputError, RunFailedError
 
 REPO = Path(__file__).resolve().parent.parent
 RANK_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", *distributed.RESTART_ENVS)
@@ -97,7 +104,9 @@ def test_failures_stop_every_rank_and_only_rank_0_reports(one_rank) -> None:
     """What each rank does with the exchanged outcomes of a step (no process group needed)."""
     user = distributed._outcome(InputError("reads.fa: record r7 is bad"))
     bug = distributed._outcome(ZeroDivisionError("oops"))
-    assert user == (2, "virnucpro.errors:InputError", "reads.fa: record r7 is bad") and bug[0] == 1
+    assert user == (2, True, "virnucpro.errors:InputError", "reads.fa: record r7 is bad")
+    assert bug[:2] == (1, False)
+    assert distributed._outcome(RunFailedError("disk full"))[:2] == (1, True)  # one line, exit 1
     one_rank.setenv("WORLD_SIZE", "2")
     one_rank.setenv("RANK", "0")
     distributed._stop_if_failed([None, None], None)  # nobody failed: carry on
@@ -148,17 +157,196 @@ def test_features_extract_on_two_ranks_equals_one_process(feature_data: Path, tm
         assert two[name]["ids"] == one[name]["ids"] and two[name]["labels"] == one[name]["labels"]
         assert torch.equal(two[name]["data"], one[name]["data"]), name
     # every rank logged its share, and the shares cover the due files once
-    shares = [line for line in done.stderr.splitlines() if "due split file(s) for this rank" in line]
-    assert sorted(line.split("]")[0] for line in shares) == ["[rank 0/2", "[rank 1/2"]
-    assert sum(int(line.split("INFO: ")[1].split()[0]) for line in shares) == 6
+    shares = re.findall(r"\[rank (\d)/2\] INFO: (\d+) of 6 due split file\(s\) for this rank", done.stderr)
+    assert sorted(r for r, _ in shares) == ["0", "1"] and sum(int(n) for _, n in shares) == 6, done.stderr
+
+
+# --- prediction.py under torchrun -------------------------------------------------------------
+
+SHARD_SIZE = "15"  # chunks per shard: about 8 shards for READS
+SCORED = re.compile(r"\[rank (\d+)/\d+\] INFO: shard (\d+): \d+ sequences")
+
+
+def outdir_files(out: Path) -> dict[str, bytes]:
+    """Every file of a finished OUTDIR (the final outputs) by name."""
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def temp_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def scored_shards(stderr: str) -> list[tuple[int, int]]:
+    """(rank, shard) of every shard a run scored, from its log."""
+    return [(int(r), int(k)) for r, k in SCORED.findall(stderr)]
+
+
+@pytest.fixture(scope="module")
+def reads(tmp_path_factory) -> Path:
+    rng = random.Random(23)
+    path = tmp_path_factory.mktemp("reads") / "reads.fa"
+    path.write_text("".join(f">s{i}\n{random_dna(rng, rng.randint(200, 1400))}\n" for i in range(40)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def predict_args(esm_model_dir, dnabert_model_dir, checkpoint_300):
+    """prediction.py's argv for INPUT OUTDIR with the stand-ins on CPU."""
+    def _args(fasta: Path, out: Path, *extra: str) -> list[str]:
+        return [str(fasta), "300", str(out), "--model", str(checkpoint_300), "--esm-model", str(esm_model_dir),
+                "--dnabert-model", str(dnabert_model_dir), "--device", "cpu", "--shard-size", SHARD_SIZE, *extra]
+    return _args
+
+
+@pytest.fixture(scope="module")
+def expected(reads, predict_args, tmp_path_factory) -> dict[str, bytes]:
+    """The outputs of one plain process on READS."""
+    out = tmp_path_factory.mktemp("one") / "out"
+    assert prediction.main(predict_args(reads, out, "-q")) == 0
+    return outdir_files(out)
 
 
 @pytest.mark.slow
-def test_features_extract_user_error_on_two_ranks_is_one_line(feature_data: Path) -> None:
-    for path in feature_data.glob("viral*"):
-        path.unlink()
-    done = torchrun(2, "features_extract.py", "--data-dir", feature_data, "--device", "cpu", "-q", timeout=60)
+def test_two_ranks_equal_one_process_and_refuse_changed_settings(reads, predict_args, expected, tmp_path):
+    out = tmp_path / "out"
+    done = torchrun(2, "prediction.py", *predict_args(reads, out))
+    assert done.returncode == 0, done.stderr
+    assert outdir_files(out) == expected and not temp_files(out)
+    scored = scored_shards(done.stderr)
+    assert {r for r, _ in scored} == {0, 1}  # both ranks worked ...
+    assert sorted(k for _, k in scored) == list(range(len(scored))) and len(scored) > 2  # ... each shard once
+
+    changed = torchrun(2, "prediction.py", *predict_args(reads, out, "--batch-tokens", "999", "-q"), timeout=60)
+    assert changed.returncode != 0
+    lines = error_lines(changed.stderr, "prediction.py")
+    assert len(lines) == 1 and "batch_tokens" in lines[0], changed.stderr
+    assert_no_traceback_of_ours(changed.stderr)
+    assert outdir_files(out) == expected
+
+
+@pytest.mark.slow
+def test_gzip_input_on_three_ranks_with_two_shards(reads, predict_args, tmp_path):
+    records = reads.read_text().splitlines(True)[:12]  # 6 records: 2 shards of 15 chunks or fewer
+    packed = tmp_path / "small.fa.gz"
+    packed.write_bytes(gzip.compress("".join(records).encode()))
+    one, three = tmp_path / "one", tmp_path / "three"
+    assert prediction.main(predict_args(packed, one, "-q")) == 0
+    done = torchrun(3, "prediction.py", *predict_args(packed, three))
+    assert done.returncode == 0, done.stderr
+    assert outdir_files(three) == outdir_files(one) and not temp_files(three)
+    scored = scored_shards(done.stderr)
+    assert sorted(k for _, k in scored) == [0, 1] and len({r for r, _ in scored}) == 2  # rank 2 was idle
+
+
+def wait_for_done_shards(proc: subprocess.Popen, work: Path, count: int) -> set[str]:
+    deadline = time.monotonic() + 120
+    while len(done := {p.name for p in work.glob("shard_*.done")}) < count:
+        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it was killed"
+        time.sleep(0.05)
+    return done
+
+
+def start_torchrun(log_file: Path, nproc: int, *argv: str | Path) -> subprocess.Popen:
+    """Start a torchrun job in the background, its output going to ``log_file``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO))
+    for name in RANK_ENV:
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           *map(str, argv)]
+    with open(log_file, "w") as log:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts each rank in a session of its own)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except (OSError, IndexError):
+        return True
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every rank, as a node failure or ``scancel -s KILL`` would."""
+    pids = {proc.pid}
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in pids):  # the kernel drops their locks once they are gone
+        assert time.monotonic() < deadline
+        pids |= set(descendants(proc.pid)) | {d for pid in pids for d in descendants(pid)}
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+    proc.wait()
+
+
+def done_markers(out: Path) -> set[str]:
+    return {p.name for p in (out / outputs.WORK_DIR_NAME).glob("shard_*.done")}
+
+
+@pytest.mark.slow
+def test_sigkilled_job_resumes_on_three_ranks_then_in_one_process(reads, predict_args, expected, tmp_path, capsys):
+    """Killed on 2 ranks, resumed on 3 and killed again, finished by plain python: nothing is done twice."""
+    out = tmp_path / "out"
+    work = out / outputs.WORK_DIR_NAME
+    job = start_torchrun(tmp_path / "two.log", 2, "prediction.py", *predict_args(reads, out))
+    wait_for_done_shards(job, work, 2)
+    kill_job(job)
+    first = done_markers(out)
+    assert not (out / "prediction_summary.tsv").exists()
+
+    job = start_torchrun(tmp_path / "three.log", 3, "prediction.py", *predict_args(reads, out))
+    wait_for_done_shards(job, work, len(first) + 2)
+    kill_job(job)
+    second = done_markers(out)
+    log = (tmp_path / "three.log").read_text()
+    by_three = {f"shard_{k:06d}.done" for _, k in scored_shards(log)}
+    assert by_three and not by_three & first and by_three <= second  # finished shards were not recomputed
+    assert len({r for r, _ in scored_shards(log)}) > 1
+
+    assert prediction.main(predict_args(reads, out)) == 0
+    by_one = {f"shard_{int(k):06d}.done" for k in re.findall(r"INFO: shard (\d+): \d+ sequences",
+                                                             capsys.readouterr().err)}
+    assert by_one and not by_one & second
+    assert outdir_files(out) == expected and not temp_files(out)
+
+
+@pytest.mark.slow
+def test_bad_input_on_two_ranks_is_one_line_and_no_hang(predict_args, tmp_path):
+    bad = tmp_path / "dup.fa"
+    bad.write_text(">r1\nACGTACGTAC\n>r2\nACGT\n>r1\nACGA\n")
+    done = torchrun(2, "prediction.py", *predict_args(bad, tmp_path / "out", "-q"), timeout=60)
     assert done.returncode != 0
-    lines = error_lines(done.stderr, "features_extract.py")
-    assert len(lines) == 1 and "viral" in lines[0] and "[rank" not in lines[0], done.stderr
+    lines = error_lines(done.stderr, "prediction.py")
+    assert len(lines) == 1 and str(bad) in lines[0] and "r1" in lines[0], done.stderr
     assert_no_traceback_of_ours(done.stderr)
+
+
+@pytest.mark.slow
+def test_second_run_into_a_live_outdir_is_refused(reads, predict_args, expected, tmp_path, capsys):
+    out = tmp_path / "out"
+    job = start_torchrun(tmp_path / "job.log", 2, "prediction.py", *predict_args(reads, out, "-q"))
+    wait_for_done_shards(job, out / outputs.WORK_DIR_NAME, 1)
+    for extra in ((), ("--force",)):  # refused with or without --force, naming the live run
+        assert prediction.main(predict_args(reads, out, "-q", *extra)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another run" in err[0] and "pid" in err[0], err
+    assert job.wait(timeout=120) == 0, (tmp_path / "job.log").read_text()
+    assert outdir_files(out) == expected and not temp_files(out)
