@@ -215,6 +215,9 @@ def test_two_ranks_equal_one_process_and_refuse_changed_settings(reads, predict_
     scored = scored_shards(done.stderr)
     assert {r for r, _ in scored} == {0, 1}  # both ranks worked ...
     assert sorted(k for _, k in scored) == list(range(len(scored))) and len(scored) > 2  # ... each shard once
+    loads = [(i, line[:10]) for i, line in enumerate(done.stderr.splitlines()) if "INFO: loading " in line]
+    assert {r for _, r in loads} == {"[rank 0/2]", "[rank 1/2]"} and len(loads) == 4
+    assert max(i for i, r in loads if r == "[rank 0/2]") < min(i for i, r in loads if r == "[rank 1/2]")  # turns
 
     changed = torchrun(2, "prediction.py", *predict_args(reads, out, "--batch-tokens", "999", "-q"), timeout=60)
     assert changed.returncode != 0
