@@ -353,3 +353,40 @@ def test_second_run_into_a_live_outdir_is_refused(reads, predict_args, expected,
         assert len(err) == 1 and "another run" in err[0] and "pid" in err[0], err
     assert job.wait(timeout=120) == 0, (tmp_path / "job.log").read_text()
     assert outdir_files(out) == expected and not temp_files(out)
+
+
+def test_final_merge_of_many_shards_keeps_few_files_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 shards (100 M reads) must not need 10,000 open files at once in the final merge."""
+    from virnucpro import runstate
+
+    rng = random.Random(4)
+    keys = sorted(f"r{rng.randrange(10**6)}_chunk_{k}" for k in range(400))
+    parts = []
+    for i in range(10):
+        part = tmp_path / f"shard_{i:06d}.consensus.tsv"
+        part.write_text("".join(f"{key}\t{rng.random() < 0.5}\n" for key in keys[i::10]))
+        parts.append(part)
+    runstate.merge_sorted(parts, tmp_path / "flat.csv", "H\n")
+    live, peak = [0], [0]
+    real_open = open
+
+    class Counted:
+        def __init__(self, *args, **kwargs):
+            self.handle = real_open(*args, **kwargs)
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+
+        def __iter__(self):
+            return iter(self.handle)
+
+        def close(self):
+            self.handle.close()
+            live[0] -= 1
+
+    monkeypatch.setattr(runstate, "open", Counted, raising=False)
+    runstate.merge_sorted(parts, tmp_path / "rounds.csv", "H\n", fan_in=3)
+    assert (tmp_path / "rounds.csv").read_text() == (tmp_path / "flat.csv").read_text()
+    assert (tmp_path / "flat.csv").read_text() == "H\n" + "".join(sorted("".join(p.read_text() for p in parts)
+                                                                    .splitlines(True)))
+    assert peak[0] == 3 and live[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*(p.name for p in parts), "flat.csv", "rounds.csv"])
