@@ -5,8 +5,9 @@
 Each sequence is cut into LENGTH-bp chunks, every chunk is translated in six frames,
 the stop-free frames are embedded with DNABERT-S (DNA) and FastESM2 (protein), and
 the classifier scores every frame.  OUTDIR receives prediction_results.txt (one row
-per frame), prediction_results_highestscore.csv (one row per chunk) and
-prediction_summary.tsv (one row per input sequence).
+per frame), prediction_results_highestscore.csv (one row per chunk),
+prediction_summary.tsv (one row per input sequence) and viral_sequences.fa (the input
+records called virus).  INPUT may be FASTA or FASTQ, plain or gzip.
 
 Records stream through in shards, so memory stays flat whatever the input size.
 A run that is killed resumes from its finished shards when rerun with the same
@@ -61,7 +62,8 @@ def build_parser() -> cli.CliArgumentParser:
         epilog="Example: python prediction.py reads.fasta 300 results/  "
                "(uses 300_model_fastesm650.pth; train one with train.py)",
     )
-    parser.add_argument("input", type=Path, help="DNA (or RNA) FASTA file to score, plain or gzip-compressed; "
+    parser.add_argument("input", type=Path, help="DNA (or RNA) FASTA or FASTQ file to score, plain or gzip-compressed "
+                                                 "(detected from the content; FASTQ qualities are ignored); "
                                                  "'-' or a pipe reads a stream")
     parser.add_argument("length", type=cli.positive_int, metavar="LENGTH",
                         help="chunk length in bp (300 or 500; must match the model's chunk size)")

@@ -203,7 +203,8 @@ def test_width_mismatch_is_refused(run, tmp_path, golden_dir, capsys, esm_model_
 
 BAD_INPUTS = {
     "empty": b"",
-    "fastq": b"@r1\nACGT\n+\nIIII\n",
+    "fastq_no_plus": b"@r1\nACGT\nIIII\n@r2\nACGT\n+\nIIII\n",
+    "fastq_quality_length": b"@r1\nACGT\n+\nIIII\n@r2\nACGTA\n+\nIIII\n@r3\nACGT\n+\nIIII\n",
     "protein": b">p1\nMKVLAAGIEFQW\n",
     "no_sequence": b">r1\n>r2\nACGT\n",
     "duplicate_ids": b">r1\nACGT\n>r1\nACGA\n",

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .defaults import LABEL_MAP
+from .defaults import ESM2_3B_MODEL, LABEL_MAP
 from .errors import CheckpointError
 from .files import atomic_torch_save
 from .models import resolve_device
@@ -196,8 +196,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         if legacy:
             raise CheckpointError(
                 f"{path}: {legacy}. It was trained on ESM2-3B features and cannot score FastESM2 "
-                "features (and is not loaded, because unpickling it could run code). Train a "
-                "FastESM2 model with train.py, or use a *_model_fastesm650.pth checkpoint") from None
+                "features (and is not loaded, because unpickling it could run code). Convert it safely "
+                f"with: python convert_checkpoint.py {path} {path.stem}_esm2_3b.pth --chunk-size N, then "
+                f"predict with --model that file and --esm-model {ESM2_3B_MODEL}; or train a "
+                "FastESM2 model with train.py") from None
         raise CheckpointError(f"{path}: not a VirNucPro-FastESM checkpoint ({_load_failure(exc)}); refused "
                               "without running any code in it") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format_version") != CHECKPOINT_FORMAT_VERSION:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 DNABERT_S_MODEL = "zhihan1996/DNABERT-S"
+DNABERT_S_DIM = 768
 FASTESM_MODEL = "Synthyra/FastESM2_650"
+#: The protein model of the original VirNucPro (its published 300_model.pth / 500_model.pth).
+ESM2_3B_MODEL = "facebook/esm2_t36_3B_UR50D"
 #: Residues of a protein pooled into its embedding (positions 1..min(L, 1024)).
 TRUNCATION_SEQ_LENGTH = 1024
 #: The longest chunk LENGTH prediction accepts: a frame's protein (LENGTH / 3 residues) is

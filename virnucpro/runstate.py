@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import IO, Callable
 
 from .errors import VirNucProError
+from .fasta import write_fasta_record
+from .fastq import read_sequences
 from .files import (HASH_BLOCK, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, open_text_output,
                     remove_temp_files)
 from .outputs import (CONSENSUS_COLUMNS, FEATURES_DIR_NAME, MANIFEST_NAME, RESULTS_COLUMNS, SHARD_FEATURES_GLOB,
-                      SUMMARY_COLUMNS, WORK_DIR_NAME, final_outputs, header_line)
+                      SUMMARY_COLUMNS, VIRAL_CALL, WORK_DIR_NAME, final_outputs, header_line)
 from .results import SHARD_PARTS, merge_summaries, shard_path
 from .shardindex import SPOOL_NAME, ShardIndex
 
@@ -167,6 +169,28 @@ def _merge_to_temp(parts: list[Path], made: list[Path]) -> Path:
     return made[-1]
 
 
+def write_viral_sequences(input_path: Path, summary: Path, target: Path) -> int:
+    """Write the input records called ``virus`` in ``summary`` to ``target``; returns their count.
+
+    The summary lists the input records in input order, so both are streamed side by side
+    (memory stays flat); headers and sequences are written as in the input.
+    """
+    count = 0
+    with open(summary, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n") as rows, \
+            atomic_write(target) as out:
+        next(rows)  # the header line
+        for record in read_sequences(input_path, alphabet=None, check_duplicates=False):
+            fields = next(rows, "").rstrip("\n").split("\t")
+            if fields[0] != record.id:
+                raise VirNucProError(f"{summary}: row '{fields[0]}' does not match input record "
+                                     f"'{record.id}' of {input_path}; rerun with --force")
+            if fields[-1] == VIRAL_CALL:
+                write_fasta_record(out, record.description, record.seq)
+                count += 1
+    log.info("%d viral sequences in %s", count, target)
+    return count
+
+
 def check_shards_done(work: Path, index: ShardIndex) -> None:
     """Raise unless every shard of the index is done with the index's chunk count."""
     for k, entry in enumerate(index.shards):
@@ -184,7 +208,7 @@ def finalise(outdir: Path, work: Path, index: ShardIndex, stem: str, length: int
     check_shards_done(work, index)
     shard_count = len(index.shards)
     parts = {part: [shard_path(work, i, part) for i in range(shard_count)] for part in SHARD_PARTS}
-    chunked, nucleotide, protein, results, consensus, summary = final_outputs(outdir, stem, length)
+    chunked, nucleotide, protein, results, consensus, summary, viral = final_outputs(outdir, stem, length)
     concatenate(parts["chunked.fa"], chunked)
     concatenate(parts["nucleotide.fa"], nucleotide)
     concatenate(parts["protein.faa"], protein)
@@ -193,6 +217,7 @@ def finalise(outdir: Path, work: Path, index: ShardIndex, stem: str, length: int
     with atomic_write(summary) as out:
         out.write(header_line(SUMMARY_COLUMNS))
         merge_summaries(parts["summary.tsv"], out)
+    write_viral_sequences(index.data_path(work), summary, viral)
     manifest_path = work / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text())
     manifest["finished"] = True

@@ -47,12 +47,18 @@ class Scorer:
 
     def probabilities(self, features: torch.Tensor) -> np.ndarray:
         """Softmax class probabilities, float32 (N, num_class)."""
-        out = np.empty((features.shape[0], self.meta["num_class"]), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, features.shape[0], MLP_BATCH_ROWS):
-                batch = features[start:start + MLP_BATCH_ROWS].to(self.device)
-                out[start:start + batch.shape[0]] = F.softmax(self.classifier(batch), dim=1).cpu().numpy()
-        return out
+        return classifier_probabilities(self.classifier, features, self.meta["num_class"], self.device)
+
+
+def classifier_probabilities(classifier: torch.nn.Module, features: torch.Tensor, num_class: int,
+                             device: torch.device) -> np.ndarray:
+    """Softmax class probabilities of a classifier (in eval mode), float32 (N, num_class), in batches."""
+    out = np.empty((features.shape[0], num_class), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, features.shape[0], MLP_BATCH_ROWS):
+            batch = features[start:start + MLP_BATCH_ROWS].to(device)
+            out[start:start + batch.shape[0]] = F.softmax(classifier(batch), dim=1).cpu().numpy()
+    return out
 
 
 def check_finite(probabilities: np.ndarray, shard: Shard) -> None:

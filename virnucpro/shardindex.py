@@ -29,7 +29,8 @@ from typing import IO, Iterator
 
 from .dupcheck import DEFAULT_BUFFER_ENTRIES, DuplicateIds
 from .errors import InputError
-from .fasta import FastaRecord, check_input_file, parse_fasta, shown_text
+from .fasta import FastaRecord, check_input_file, shown_text
+from .fastq import FASTA, parse_sequences, sniff_format
 from .files import DISK_FULL_ERRNOS, atomic_write, decompressed, open_binary
 from .shards import RecordPiece, chunk_count
 
@@ -108,6 +109,7 @@ class ShardIndex:
     chunks: int
     shards: list[ShardEntry] = field(default_factory=list)
     version: int = INDEX_VERSION
+    format: str = FASTA  # of the data file: fasta or fastq
 
     def data_path(self, work: Path) -> Path:
         """The file the shards are read from: the input, or its spool in the work directory."""
@@ -214,7 +216,8 @@ def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: 
             spool = stack.enter_context(atomic_write(work / SPOOL_NAME, "wb")) if source.stream else None
             tee = _TeeReader(raw, spool)
             handle = stack.enter_context(decompressed(io.BufferedReader(tee, _READ_BLOCK)))
-            for offset, record in parse_fasta(handle, shown, alphabet="dna"):
+            fmt = sniff_format(handle)
+            for offset, record in parse_sequences(handle, shown, alphabet="dna", fmt=fmt):
                 total = chunk_count(len(record.seq), chunk_size)
                 duplicates.add(record.id, offset)
                 layout.add(offset, record.id, total)
@@ -226,8 +229,8 @@ def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: 
         if records == 0:
             raise InputError(f"{shown}: no FASTA records found (empty file?)")
         index = ShardIndex(str(source.path), source.stat_key(), tee.digest.hexdigest(), source.stream,
-                           chunk_size, shard_chunks, records, chunks, layout.shards)
-        duplicate = duplicates.first_duplicate(lambda offsets: _ids_at(index.data_path(work), offsets))
+                           chunk_size, shard_chunks, records, chunks, layout.shards, format=fmt)
+        duplicate = duplicates.first_duplicate(lambda offsets: _ids_at(index.data_path(work), offsets, fmt))
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
             raise  # the spool or the duplicate check filled the disk: the caller says so
@@ -239,13 +242,13 @@ def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: 
     return index
 
 
-def _ids_at(path: Path, offsets: list[int]) -> dict[int, str]:
+def _ids_at(path: Path, offsets: list[int], fmt: str) -> dict[int, str]:
     """The record ids whose header lines start at ``offsets`` (sorted), read back from ``path``."""
     found = {}
     with open_binary(path) as handle:
         for offset in offsets:
             handle.seek(offset)
-            for _, record in parse_fasta(handle, path, alphabet=None, start=offset):
+            for _, record in parse_sequences(handle, path, alphabet=None, start=offset, fmt=fmt):
                 found[offset] = record.id
                 break
     return found
@@ -279,7 +282,8 @@ class ShardReader:
         self._handle.seek(entry.offset)
         if self._records is not None:
             self._records.close()
-        self._records = parse_fasta(self._handle, self.path, alphabet="dna", start=entry.offset)
+        self._records = parse_sequences(self._handle, self.path, alphabet="dna", start=entry.offset,
+                                        fmt=self.index.format)
         self._current = None
         first = self._next_record()
         self._current = (first[0], first[1], entry.first_chunk)
