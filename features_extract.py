@@ -17,8 +17,10 @@ split the DNABERT-S features (``output_{k}_DNABERT_S.pt``) and protein features
 
 DNABERT-S feature files left by the original pipeline are reused as they are when
 they hold the split's sequence ids; protein features are recomputed unless they were
-made by the same protein model for the same ids.  Merged files already made by the
-same models for the same split are kept unless ``--force``.
+made by the same protein model at the same revision for the same ids.  Merged files
+already made by the same models at the same revisions for the same split are kept
+unless ``--force``; every merged file records both models' revisions, so one merged set
+never mixes features of different weights.
 
 Under ``torchrun --nproc-per-node=N features_extract.py ...`` rank 0 splits and
 selects, every rank makes the merged files of its share of the due splits (each on
@@ -44,6 +46,7 @@ from virnucpro.fasta import read_fasta, split_fasta_file
 from virnucpro.features import extract_DNABERT_S, extract_esm, load_dna_features, load_feature_object, merge_data
 from virnucpro.files import atomic_torch_save, open_text
 from virnucpro.models import load_dnabert_model, load_protein_model
+from virnucpro.provenance import REVISION_KEYS, resolve_model_revision
 
 log = logging.getLogger("virnucpro.features_extract")
 
@@ -268,11 +271,13 @@ def merged_is_current(split: Split, ids: list[str], args: argparse.Namespace) ->
     data = obj.get("data")
     current = (obj.get("dna_model") == str(args.dnabert_model)
                and obj.get("protein_model") == str(args.esm_model)
+               and obj.get(REVISION_KEYS["dna"]) == args.resolved_revisions["dna"]
+               and obj.get(REVISION_KEYS["protein"]) == args.resolved_revisions["protein"]
                and obj.get("labels") == label
                and isinstance(rows, list) and rows and set(rows) <= set(ids)
                and isinstance(data, torch.Tensor) and data.shape[0] == len(rows))
     if not current:
-        log.info("%s: made from other sequences or models; it is made again", split.merged)
+        log.info("%s: made from other sequences, models or model revisions; it is made again", split.merged)
     return bool(current)
 
 
@@ -309,13 +314,19 @@ def make_split(split: Split, args: argparse.Namespace, device: torch.device, pro
     ids = fasta_ids(split.nucleotide, "dna")
     if not reusable_legacy_dna_features(split, ids):
         extract_DNABERT_S(split.nucleotide, split.dna_features, model_location=args.dnabert_model,
-                                device=device, batch_tokens=args.batch_tokens, progress=progress)
+                                device=device, batch_tokens=args.batch_tokens, progress=progress,
+                                model_revision=args.dnabert_revision)
     extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
                       out_file=split.protein_features, device=device,
-                      fp16=protein_fp16(args), progress=progress)
+                      fp16=protein_fp16(args), progress=progress, model_revision=args.esm_revision)
     merged = merge_data(split.dna_features, split.protein_features, None, split.kind)
     merged["dna_model"] = str(args.dnabert_model)
     merged["protein_model"] = str(args.esm_model)
+    for kind, revision in args.resolved_revisions.items():  # a reused original-pipeline DNA file records none
+        if merged.get(REVISION_KEYS[kind], revision) != revision:
+            raise FeatureFileError(f"{split.merged}: the {kind} features were made at revision "
+                                   f"{merged[REVISION_KEYS[kind]]} but the model is now at {revision}")
+        merged[REVISION_KEYS[kind]] = revision
     atomic_torch_save(merged, split.merged)
     log.info("%s: %d rows of width %d", split.merged, len(merged["ids"]), merged["data"].shape[1])
 
@@ -340,13 +351,20 @@ def plan(args: argparse.Namespace, progress: bool) -> tuple[list[Split], list[Sp
     """Split the inputs and select the splits: (every selected split, those whose merged file is due)."""
     sources = find_sources(args.data_dir)
     splits = select_splits(args.data_dir, sources, args.sequences_per_file, args.seed, progress)
+    args.resolved_revisions = resolved_revisions(args)
     return splits, [split for split in splits if not is_current(split, args)]
+
+
+def resolved_revisions(args: argparse.Namespace) -> dict[str, str]:
+    """Both models' resolved revisions: every merged file records them."""
+    return {"dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+            "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
 
 
 def load_models(args: argparse.Namespace, device: torch.device) -> None:
     """Load both language models into this process's cache (the feature extractors reuse them)."""
-    load_dnabert_model(args.dnabert_model, device)
-    load_protein_model(args.esm_model, device, protein_fp16(args))
+    load_dnabert_model(args.dnabert_model, device, revision=args.dnabert_revision)
+    load_protein_model(args.esm_model, device, protein_fp16(args), revision=args.esm_revision)
 
 
 def extract(args: argparse.Namespace) -> int:
@@ -360,7 +378,8 @@ def extract(args: argparse.Namespace) -> int:
         log.info("--force applies to the first launch of a job only (%s)", distributed.restart_note())
         args.force = False
     progress = not args.quiet and distributed.is_main()
-    splits, due = distributed.on_main(lambda: plan(args, progress))
+    splits, due, args.resolved_revisions = distributed.on_main(
+        lambda: (*plan(args, progress), args.resolved_revisions))  # the revisions rank 0 resolved
     mine = distributed.my_share(due)
     if distributed.world_size() > 1:  # first use of the models: one process at a time fills a shared cache
         distributed.together(lambda: load_models(args, device), turns=True, run=bool(mine))

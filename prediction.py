@@ -45,11 +45,14 @@ import logging  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Any, Iterator, Sequence  # noqa: E402
+from typing import TYPE_CHECKING, Any, Iterator, Sequence  # noqa: E402
 
 from virnucpro import cli, outputs  # noqa: E402
 from virnucpro.shards import DEFAULT_SHARD_CHUNKS  # noqa: E402
 from virnucpro.errors import CheckpointError, InputError  # noqa: E402
+
+if TYPE_CHECKING:
+    from virnucpro.shardindex import InputSource
 
 log = logging.getLogger("virnucpro.predict")
 
@@ -78,6 +81,9 @@ def build_parser() -> cli.CliArgumentParser:
                         help="keep the merged feature files in OUTDIR/features/")
     parser.add_argument("--force", action="store_true",
                         help="discard earlier results of this program in OUTDIR and start over")
+    parser.add_argument("--strict-models", action="store_true",
+                        help="refuse to run when the language models (their resolved revisions) differ from "
+                             "those the checkpoint was trained with, instead of warning")
     return parser
 
 
@@ -113,8 +119,12 @@ def prepare_outdir(outdir: Path) -> bool:
     return created
 
 
-def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -> dict:
-    """Everything that determines the output bytes, but the input's hash (the shard index has it)."""
+def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, revisions: dict[str, str]) -> dict:
+    """Everything that determines the output bytes, but the input's hash (the shard index has it).
+
+    ``revisions`` (``dna``/``protein`` -> resolved revision) identify the language-model
+    weights, so a resume with other weights at the same path is refused.
+    """
     from virnucpro.files import file_sha256
     from virnucpro.runstate import MANIFEST_VERSION
 
@@ -124,12 +134,26 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -
         "checkpoint_sha256": file_sha256(checkpoint),
         "esm_model": str(args.esm_model),
         "dnabert_model": str(args.dnabert_model),
+        "esm_model_revision": revisions["protein"],
+        "dnabert_model_revision": revisions["dna"],
         "device_type": device_type,
         "protein_fp16": device_type == "cuda" and not args.fp32,
         "batch_tokens": args.batch_tokens,
         "shard_size": args.shard_size,
         "keep_features": bool(args.keep_features),
     }
+
+
+def model_revisions(args: argparse.Namespace, checkpoint: Path, meta: dict) -> dict[str, str]:
+    """The two models' resolved revisions, checked against the checkpoint's (``--strict-models``: refused)."""
+    from virnucpro.provenance import check_against_checkpoint, resolve_model_revision
+
+    revisions = {"dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+                 "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
+    check_against_checkpoint(checkpoint, meta, {"dna": (str(args.dnabert_model), revisions["dna"]),
+                                                "protein": (str(args.esm_model), revisions["protein"])},
+                             args.strict_models)
+    return revisions
 
 
 def check_length(length: int) -> None:
@@ -142,7 +166,7 @@ def check_length(length: int) -> None:
                          "is embedded whole); use 300 or 500")
 
 
-def output_stem(source) -> str:
+def output_stem(source: InputSource) -> str:
     """The name the outputs are called by: the input's stem; ``stdin`` for ``-`` and unnamed pipes (``<(...)``)."""
     import re
 
@@ -161,6 +185,7 @@ class RunPlan:
     stem: str
     pending: list[int]
     finished: bool
+    revisions: dict[str, str]
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -239,37 +264,36 @@ def remove_if_unused(outdir: Path, remove_outdir: bool) -> None:
             pass  # not empty: someone else's files
 
 
-def _open_locked(args: argparse.Namespace, source, device, force: bool) -> RunPlan:
-    from virnucpro.results import shard_path
-    from virnucpro.runstate import open_run
+def _open_locked(args: argparse.Namespace, source: InputSource, device, force: bool) -> RunPlan:
+    from virnucpro.runstate import open_run, pending_shards
     from virnucpro.scoring import load_classifier
     from virnucpro.shardindex import build_index, load_index
 
     checkpoint = find_checkpoint(args.model, args.length)
-    load_classifier(checkpoint, args.length)  # a wrong checkpoint is refused before the input is read
+    _, meta = load_classifier(checkpoint, args.length)  # a wrong checkpoint is refused before the input is read
+    revisions = model_revisions(args, checkpoint, meta)
     stem = output_stem(source)
-    settings = run_settings(args, checkpoint, device.type)
+    settings = run_settings(args, checkpoint, device.type, revisions)
 
     def get_index(work: Path):
         # One pass validates the whole input, so bad records are reported before models load.
         index = load_index(work, source, args.length, args.shard_size)
         return index or build_index(source, work, args.length, args.shard_size)
 
-    with disk_full_says(args.outdir, "the shard index"):
+    with disk_full_says(args.outdir, "the shard index (or a piped input's spool)"):
         work, index, finished = open_run(args.outdir, settings, force, stem, args.length, get_index)
-    pending = [k for k in range(len(index.shards)) if not shard_path(work, k, "done").is_file()]
-    return RunPlan(checkpoint, work, index, stem, pending, finished)
+    return RunPlan(checkpoint, work, index, stem, pending_shards(work, index), finished, revisions)
 
 
 def load_run_scorer(args: argparse.Namespace, plan: RunPlan, device):
-    """The classifier and both language models, in this process."""
+    """The classifier and both language models (at the revisions rank 0 resolved), in this process."""
     from virnucpro import distributed
     from virnucpro.scoring import load_classifier, load_scorer
 
     classifier, meta = load_classifier(plan.checkpoint, args.length)
     return load_scorer(plan.checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
-                       esm_model=args.esm_model, protein_fp16=not args.fp32, batch_tokens=args.batch_tokens,
-                       progress=not args.quiet and distributed.is_main())
+                       esm_model=args.esm_model, protein_fp16=not args.fp32, revisions=plan.revisions,
+                       batch_tokens=args.batch_tokens, progress=not args.quiet and distributed.is_main())
 
 
 def score_shards(args: argparse.Namespace, plan: RunPlan, scorer, shards: list[int]) -> None:

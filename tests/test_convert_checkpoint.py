@@ -13,7 +13,6 @@ from torch import nn
 
 import convert_checkpoint
 import units
-from test_prediction import checkpoint_300, run  # noqa: F401 - shared fixtures
 from virnucpro import outputs
 from virnucpro.defaults import ESM2_3B_MODEL
 from virnucpro.errors import CheckpointError

@@ -14,7 +14,6 @@ from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score
 import evaluate
 import units
 from test_fastq import fastq_text
-from test_prediction import checkpoint_300  # noqa: F401 - shared fixture
 from test_train import make_dataset, run_train
 from virnucpro import outputs
 from virnucpro.evaluation import chunk_table, compute_metrics, frame_table, level_tables, sequence_table

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import units
-from test_prediction import checkpoint_300, run  # noqa: F401 - shared fixtures
 from virnucpro import outputs
 from virnucpro.errors import InputError
 from virnucpro.fasta import read_fasta

@@ -1,11 +1,27 @@
-"""Reliability details that cut across scripts: CUDA OOM splitting, atomic writes, --force scope."""
+"""Reliability: CUDA OOM splitting, atomic writes, --force scope, and prediction's hard faults (lock, signals,
+full disk, non-finite scores, damaged checkpoints and manifests, temp files)."""
 from __future__ import annotations
 
-import torch
-import pytest
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
 
-from virnucpro import outputs, runstate
+import numpy as np
+import pytest
+import torch
+
+import prediction
 import units
+from test_prediction import _cli, write_fasta
+from virnucpro import outputs, runstate, scoring
+from virnucpro.runlock import RunLock
 
 
 class OomAbove(torch.nn.Module):
@@ -80,26 +96,7 @@ def test_force_removes_only_this_programs_files(tmp_path):
     assert outside.read_text() == "keep"
 
 
-# --- hard faults of prediction.py (issue: one run per OUTDIR, no silent wrong results) ------------------
-
-import errno  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import zipfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import prediction  # noqa: E402
-from virnucpro import scoring  # noqa: E402
-from virnucpro.runlock import RunLock  # noqa: E402
-from test_prediction import _cli, checkpoint_300, run, write_fasta, random_dna  # noqa: E402,F401
+# --- hard faults of prediction.py: one run per OUTDIR, no silent wrong results, one line --------------
 
 REPO = Path(__file__).resolve().parent.parent
 HOLD_LOCK = ("import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "

@@ -21,6 +21,7 @@ PROTEIN_REPLACEMENTS = {"*": "X", "J": "X"}
 SPLIT_FILE_TEMPLATE = "output_{index}.fa"
 _WHITESPACE_BYTES = b" \t\r\n\v\f"
 UTF8_BOM = b"\xef\xbb\xbf"
+_NUCLEOTIDE_BYTES = "".join(NUCLEOTIDE_LETTERS).encode() + "".join(NUCLEOTIDE_LETTERS).lower().encode()
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,8 @@ def parse_fasta(handle: IO[bytes], path: str | os.PathLike, *, alphabet: str | N
     header: str | None = None
     header_at = 0
     parts: list[bytes] = []
-    offset = start
     try:
         for line_no, (at, line) in enumerate(_lines(handle, start), start=1):
-            offset = at
             if b"\x00" in line:
                 raise InputError(f"{path}: line {line_no}: binary data, not a FASTA file")
             if line.startswith(b">"):
@@ -129,7 +128,8 @@ def _lines(handle: IO[bytes], start: int) -> Iterator[tuple[int, bytes]]:
 
 
 def _finish_record(path: Path, header: str, parts: list[bytes], alphabet: str | None) -> FastaRecord:
-    seq = b"".join(parts).translate(None, _WHITESPACE_BYTES).decode(TEXT_ENCODING, TEXT_ERRORS)
+    raw = b"".join(parts).translate(None, _WHITESPACE_BYTES)
+    seq = raw.decode(TEXT_ENCODING, TEXT_ERRORS)
     fields = header.split(None, 1)
     record_id = fields[0] if fields else ""
     if not record_id:
@@ -137,7 +137,8 @@ def _finish_record(path: Path, header: str, parts: list[bytes], alphabet: str | 
     if not seq:
         raise InputError(f"{path}: record '{shown_text(record_id)}' has a header but no sequence")
     if alphabet == "dna":
-        check_dna_letters(path, record_id, seq)
+        if raw.translate(None, _NUCLEOTIDE_BYTES):  # fast path: nothing but nucleotide codes left
+            check_dna_letters(path, record_id, seq)
     elif alphabet == "protein":
         bad = set(seq.upper()) - set(PROTEIN_ALPHABET) - set(PROTEIN_REPLACEMENTS)
         if bad:

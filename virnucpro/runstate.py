@@ -169,6 +169,11 @@ def _merge_to_temp(parts: list[Path], made: list[Path]) -> Path:
     return made[-1]
 
 
+def pending_shards(work: Path, index: ShardIndex) -> list[int]:
+    """The shards of the index without a ``done`` marker, in order (recomputed at every start)."""
+    return [k for k in range(len(index.shards)) if not shard_path(work, k, "done").is_file()]
+
+
 def write_viral_sequences(input_path: Path, summary: Path, target: Path) -> int:
     """Write the input records called ``virus`` in ``summary`` to ``target``; returns their count.
 
