@@ -166,7 +166,7 @@ def test_features_extract_on_two_ranks_equals_one_process(feature_data: Path, tm
 
 # --- prediction.py under torchrun -------------------------------------------------------------
 
-SHARD_SIZE = "15"  # chunks per shard: about 8 shards for READS
+SHARD_SIZE = "8"  # chunks per shard: about 15 shards for READS
 SCORED = re.compile(r"\[rank (\d+)/\d+\] INFO: shard (\d+): \d+ sequences")
 
 
@@ -232,9 +232,10 @@ def test_two_ranks_equal_one_process_and_refuse_changed_settings(reads, predict_
 
 @pytest.mark.slow
 def test_gzip_input_on_three_ranks_with_two_shards(reads, predict_args, tmp_path):
-    records = reads.read_text().splitlines(True)[:12]  # 6 records: 2 shards of 15 chunks or fewer
+    rng = random.Random(5)  # 4 records of 3 chunks: shards of 9 and 3 chunks
     packed = tmp_path / "small.fa.gz"
-    packed.write_bytes(gzip.compress("".join(records).encode()))
+    packed.write_bytes(gzip.compress("".join(f">g{i}\n{''.join(rng.choices('ACGT', k=900))}\n"
+                                             for i in range(4)).encode()))
     one, three = tmp_path / "one", tmp_path / "three"
     assert prediction.main(predict_args(packed, one, "-q")) == 0
     done = torchrun(3, "prediction.py", *predict_args(packed, three))
