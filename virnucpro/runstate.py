@@ -20,7 +20,8 @@ from . import __version__
 from .errors import VirNucProError
 from .fasta import write_fasta_record
 from .fastq import read_sequences
-from .files import HASH_BLOCK, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, remove_temp_files
+from .files import (HASH_BLOCK, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, open_text_output,
+                    remove_temp_files)
 from .outputs import (CONSENSUS_COLUMNS, FEATURES_DIR_NAME, MANIFEST_NAME, RESULTS_COLUMNS, SHARD_FEATURES_GLOB,
                       SUMMARY_COLUMNS, VERSION_KEY, VIRAL_CALL, WORK_DIR_NAME, final_outputs, header_line)
 from .results import SHARD_PARTS, merge_summaries, shard_path
@@ -159,7 +160,7 @@ def _merge_round(parts: list[Path], scratch: Path, round_no: int, fan_in: int, m
         made.append(Path(name))
         merged.append(Path(name))
         with _opened(parts[start:start + fan_in]) as handles, \
-                open(name, "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n") as out:
+                open_text_output(Path(name)) as out:
             out.writelines(heapq.merge(*handles, key=_chunk_key))
     return merged
 
