@@ -300,10 +300,11 @@ def process_split(split: Split, args: argparse.Namespace, progress: bool) -> boo
         return False
     if not reusable_legacy_dna_features(split, ids):
         extract_DNABERT_S(split.nucleotide, split.dna_features, model_location=args.dnabert_model,
-                                device=args.device, batch_tokens=args.batch_tokens, progress=progress)
+                                device=args.device, batch_tokens=args.batch_tokens, progress=progress,
+                                precision=args.dna_precision)
     extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
                       out_file=split.protein_features, device=args.device,
-                      fp16=False if args.fp32 else None, progress=progress)
+                      precision=args.protein_precision, progress=progress)
     merged = merge_data(split.dna_features, split.protein_features, None, split.kind)
     merged["dna_model"] = str(args.dnabert_model)
     merged["protein_model"] = str(args.esm_model)

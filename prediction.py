@@ -89,7 +89,11 @@ def prepare_outdir(outdir: Path) -> None:
 
 def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -> dict:
     """Everything that determines the output bytes; a rerun must match it to resume."""
+    import torch
+
+    from virnucpro.embed import default_batch_tokens
     from virnucpro.files import file_sha256
+    from virnucpro.models import resolve_precision
     from virnucpro.runstate import MANIFEST_VERSION
 
     return {
@@ -100,8 +104,10 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -
         "esm_model": str(args.esm_model),
         "dnabert_model": str(args.dnabert_model),
         "device_type": device_type,
-        "protein_fp16": device_type == "cuda" and not args.fp32,
-        "batch_tokens": args.batch_tokens,
+        "protein_precision": resolve_precision("protein", args.protein_precision, torch.device(device_type)),
+        "dna_precision": resolve_precision("dna", args.dna_precision, torch.device(device_type)),
+        "compile": bool(args.compile),
+        "batch_tokens": args.batch_tokens or default_batch_tokens(device_type),
         "shard_size": args.shard_size,
         "keep_features": bool(args.keep_features),
     }
@@ -131,29 +137,45 @@ def predict(args: argparse.Namespace) -> int:
         log.info("%s is complete already (use --force to recompute)", args.outdir)
         return cli.EXIT_OK
     scorer = load_scorer(checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
-                         esm_model=args.esm_model, protein_fp16=not args.fp32,
+                         esm_model=args.esm_model, protein_precision=args.protein_precision,
+                         dna_precision=args.dna_precision, compile_layers=args.compile,
                          batch_tokens=args.batch_tokens, progress=not args.quiet)
     features_dir = args.outdir / outputs.FEATURES_DIR_NAME if args.keep_features else None
 
-    def score_and_write(shard) -> None:
-        features, probabilities = scorer.score(shard)
+    def prepare(index, records):
+        return scorer.prepare(preprocess_shard(index, records, args.length))
+
+    def write(prepared, features) -> None:
+        shard = prepared.shard
+        probabilities = scorer.probabilities(features)
         write_shard(work, shard, probabilities, meta["label_map"], features, features_dir, meta)
         log.info("shard %d: %d sequences, %d chunks, %d frames scored", shard.index, len(shard.sequences),
                  shard.chunk_count, len(shard.frame_ids))
 
+    # Three stages overlap: the prefetch thread reads, frames and tokenises shard i+1 while
+    # this thread embeds shard i and the writer thread scores and writes shard i-1.
     shard_count = 0
-    with ThreadPoolExecutor(max_workers=1) as prefetch:
-        pending = None
+    with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=1) as writer:
+        pending = written = None
+
+        def embed_and_hand_over(prepared):
+            features = scorer.features(prepared)
+            if written is not None:
+                written.result()  # one shard in the writer at a time; its errors surface here
+            return writer.submit(write, prepared, features)
+
         for index, records in iter_shards(args.input, args.length, args.shard_size):
             shard_count = index + 1
             if shard_path(work, index, "done").is_file():
                 continue
-            next_shard = prefetch.submit(preprocess_shard, index, records, args.length)
+            next_shard = prefetch.submit(prepare, index, records)
             if pending is not None:
-                score_and_write(pending.result())
+                written = embed_and_hand_over(pending.result())
             pending = next_shard
         if pending is not None:
-            score_and_write(pending.result())
+            written = embed_and_hand_over(pending.result())
+        if written is not None:
+            written.result()
     finalise(args.outdir, work, shard_count, stem, args.length)
     log.info("results in %s", args.outdir)
     return cli.EXIT_OK

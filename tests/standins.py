@@ -335,12 +335,14 @@ class BertModel(BertPreTrainedModel):
             token_type_ids = torch.zeros_like(input_ids)
         length = input_ids.shape[1]
         hidden = self.embeddings(input_ids, token_type_ids)
+        # Like the real code, the ALiBi tensor is a plain float32 attribute-style tensor (not a
+        # buffer, so model.half() leaves it float32) and the bias added to the scores stays float32.
         positions = torch.arange(length, device=input_ids.device)
-        distance = (positions[None, :] - positions[:, None]).abs().to(hidden.dtype)
-        slopes = _alibi_slopes(self.config.num_attention_heads).to(device=hidden.device, dtype=hidden.dtype)
+        distance = (positions[None, :] - positions[:, None]).abs().to(torch.float32)
+        slopes = _alibi_slopes(self.config.num_attention_heads).to(device=hidden.device, dtype=torch.float32)
         bias = -slopes[:, None, None] * distance[None, :, :]
         keys = attention_mask.to(torch.bool)[:, None, None, :]
-        bias = bias[None].masked_fill(~keys, torch.finfo(hidden.dtype).min)
+        bias = bias[None].masked_fill(~keys, torch.finfo(torch.float32).min)
         for layer in self.encoder:
             hidden = layer(hidden, bias)
         hidden = hidden * attention_mask.to(hidden.dtype).unsqueeze(-1)
@@ -442,8 +444,8 @@ def _dna_tokenizer(seed: int, vocab_size: int):
 
 
 def build_dnabert_standin(directory: str | os.PathLike, *, num_heads: int = 4, intermediate_size: int = 96,
-                          vocab_size: int = 120, seed: int = 0) -> Path:
-    """Write a tiny DNABERT-S-like model (hidden 768, one layer) and its BPE tokenizer into ``directory``."""
+                          vocab_size: int = 120, seed: int = 0, num_layers: int = 1) -> Path:
+    """Write a DNABERT-S-like model (hidden 768, one layer unless told) and its BPE tokenizer into ``directory``."""
     directory = Path(directory)
     _write_sources(directory, {"configuration_bert.py": DNABERT_CONFIGURATION,
                                "bert_layers.py": DNABERT_MODELING,
@@ -457,7 +459,7 @@ def build_dnabert_standin(directory: str | os.PathLike, *, num_heads: int = 4, i
                      "AutoModel": "bert_layers.BertModel"},
         "vocab_size": len(tokenizer),
         "hidden_size": 768,
-        "num_hidden_layers": 1,
+        "num_hidden_layers": num_layers,
         "num_attention_heads": num_heads,
         "intermediate_size": intermediate_size,
         "pad_token_id": 3,
