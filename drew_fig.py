@@ -68,7 +68,8 @@ def build_parser() -> cli.CliArgumentParser:
                         help="chunk length used for the prediction; None: inferred from "
                              f"{SUMMARY_NAME} next to RESULTS")
     parser.add_argument("-o", "--output", type=Path, default=None,
-                        help=f"PNG file to write; None: {DEFAULT_FIGURE_NAME} next to RESULTS")
+                        help=f"PNG file to write, or a directory to write {DEFAULT_FIGURE_NAME} in; "
+                             f"None: {DEFAULT_FIGURE_NAME} next to RESULTS")
     parser.add_argument("--max-sequences", type=cli.positive_int, default=5,
                         help="plot at most this many sequences (the first ones of RESULTS)")
     return parser
@@ -237,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
     if len(scores) > len(shown):
         log.info("plotting the first %d of %d sequences (--max-sequences)", len(shown), len(scores))
     output = args.output if args.output is not None else results.parent / DEFAULT_FIGURE_NAME
+    if output.is_dir():
+        output = output / DEFAULT_FIGURE_NAME
     draw(shown, chunk_size, summary, output)
     log.info("figure written to %s", output)
     return cli.EXIT_OK

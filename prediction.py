@@ -5,8 +5,9 @@
 Each sequence is cut into LENGTH-bp chunks, every chunk is translated in six frames,
 the stop-free frames are embedded with DNABERT-S (DNA) and FastESM2 (protein), and
 the classifier scores every frame.  OUTDIR receives prediction_results.txt (one row
-per frame), prediction_results_highestscore.csv (one row per chunk) and
-prediction_summary.tsv (one row per input sequence).
+per frame), prediction_results_highestscore.csv (one row per chunk),
+prediction_summary.tsv (one row per input sequence) and viral_sequences.fa (the input
+records called virus).  INPUT may be FASTA or FASTQ, plain or gzip.
 
 Records stream through in shards, so memory stays flat whatever the input size.
 A run that is killed resumes from its finished shards when rerun with the same
@@ -14,21 +15,41 @@ command; outputs are only ever renamed into place once complete.
 """
 from __future__ import annotations
 
-import argparse
-import logging
 import os
+import signal
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Sequence
-
-from virnucpro import cli, outputs
-from virnucpro.shards import DEFAULT_SHARD_CHUNKS
-from virnucpro.errors import CheckpointError, InputError
-
-log = logging.getLogger("virnucpro.predict")
 
 PROG = "prediction.py"
+RESUME_HINT = "rerun the same command to resume"
+
+
+def _interrupted_during_imports(signum: int, frame: object) -> None:
+    # Nothing is written yet; an exception raised here could be wrapped by the import machinery.
+    print(f"{PROG}: interrupted; {RESUME_HINT}", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    # Ctrl-C or SIGTERM while the modules below load: one line, no traceback
+    # (cli.script_main installs the handlers of the run itself).
+    signal.signal(signal.SIGINT, _interrupted_during_imports)
+    signal.signal(signal.SIGTERM, _interrupted_during_imports)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import logging  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Iterator, Sequence  # noqa: E402
+
+from virnucpro import cli, outputs  # noqa: E402
+from virnucpro.shards import DEFAULT_SHARD_CHUNKS  # noqa: E402
+from virnucpro.errors import CheckpointError, InputError  # noqa: E402
+
+if TYPE_CHECKING:
+    from virnucpro.shardindex import InputSource
+
+log = logging.getLogger("virnucpro.predict")
 
 
 def build_parser() -> cli.CliArgumentParser:
@@ -39,7 +60,9 @@ def build_parser() -> cli.CliArgumentParser:
         epilog="Example: python prediction.py reads.fasta 300 results/  "
                "(uses 300_model_fastesm650.pth; train one with train.py)",
     )
-    parser.add_argument("input", type=Path, help="DNA FASTA file to score, plain or gzip-compressed")
+    parser.add_argument("input", type=Path, help="DNA (or RNA) FASTA or FASTQ file to score, plain or gzip-compressed "
+                                                 "(detected from the content; FASTQ qualities are ignored); "
+                                                 "'-' or a pipe reads a stream")
     parser.add_argument("length", type=cli.positive_int, metavar="LENGTH",
                         help="chunk length in bp (300 or 500; must match the model's chunk size)")
     parser.add_argument("outdir", type=Path, metavar="OUTDIR", help="directory for the results (created)")
@@ -70,13 +93,14 @@ def find_checkpoint(model: Path | None, length: int) -> Path:
         f"pass --model PATH, or train one: python train.py --chunk-size {length}")
 
 
-def prepare_outdir(outdir: Path) -> None:
-    """Create OUTDIR, or say why it cannot be used."""
+def prepare_outdir(outdir: Path) -> bool:
+    """Create OUTDIR, or say why it cannot be used; True when this call created it."""
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: OUTDIR exists and is not a directory")
     if outdir.suffix == ".pth" and not outdir.exists():
         raise InputError(f"{outdir}: the third argument is OUTDIR (a directory); pass a "
                                "checkpoint with --model")
+    created = not outdir.exists()
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         probe = outdir / f".write_test_{os.getpid()}"
@@ -84,11 +108,11 @@ def prepare_outdir(outdir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise InputError(f"{outdir}: OUTDIR is not writable ({exc.strerror or exc})") from None
-
+    return created
 
 
 def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -> dict:
-    """Everything that determines the output bytes; a rerun must match it to resume."""
+    """Everything that determines the output bytes, but the input's hash (the shard index has it)."""
     import torch
 
     from virnucpro.embed import default_batch_tokens
@@ -98,7 +122,6 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -
 
     return {
         "manifest_version": MANIFEST_VERSION,
-        "input_sha256": file_sha256(args.input),
         "chunk_size": args.length,
         "checkpoint_sha256": file_sha256(checkpoint),
         "esm_model": str(args.esm_model),
@@ -113,26 +136,80 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -
     }
 
 
+def check_length(length: int) -> None:
+    """Refuse a chunk LENGTH the language models cannot embed, before any work."""
+    from virnucpro.defaults import MAX_CHUNK_LENGTH
+
+    if length > MAX_CHUNK_LENGTH:
+        raise InputError(f"LENGTH {length}: chunks longer than {MAX_CHUNK_LENGTH} bp cannot be embedded "
+                         f"(FastESM2 sees at most {MAX_CHUNK_LENGTH // 3} residues of a frame, and a chunk's DNA "
+                         "is embedded whole); use 300 or 500")
+
+
+def output_stem(source: InputSource) -> str:
+    """The name the outputs are called by: the input's stem; ``stdin`` for ``-`` and unnamed pipes (``<(...)``)."""
+    import re
+
+    if source.is_stdin or re.fullmatch(r"/(dev|proc/[^/]+)/fd/[0-9]+|/dev/stdin", str(source.path)):
+        return "stdin"
+    return outputs.input_stem(source.path)
+
+
 def predict(args: argparse.Namespace) -> int:
     """Score ``args.input`` into ``args.outdir``, resuming from finished shards."""
-    from virnucpro.fasta import check_input_file, read_fasta
-    from virnucpro.models import resolve_device
-    from virnucpro.results import shard_path, write_shard
-    from virnucpro.runstate import finalise, open_run
-    from virnucpro.scoring import load_classifier, load_scorer
-    from virnucpro.shards import iter_shards, preprocess_shard
+    from virnucpro.runlock import RunLock
+    from virnucpro.shardindex import input_source
 
-    check_input_file(args.input)
-    prepare_outdir(args.outdir)
+    check_length(args.length)
+    source = input_source(args.input)
+    created = prepare_outdir(args.outdir)
+    had_work = (args.outdir / outputs.WORK_DIR_NAME).exists()
+    try:
+        with RunLock(args.outdir):
+            return _predict_locked(args, source)
+    except BaseException:
+        if not had_work:
+            remove_if_unused(args.outdir, remove_outdir=created)
+        raise
+
+
+def remove_if_unused(outdir: Path, remove_outdir: bool) -> None:
+    """After a failed run: remove the work directory it made if no shard was finished, and OUTDIR if empty."""
+    import shutil
+
+    work = outdir / outputs.WORK_DIR_NAME
+    if any(work.glob("shard_*.done")):
+        return  # a rerun resumes from these
+    shutil.rmtree(work, ignore_errors=True)
+    if remove_outdir:
+        try:
+            outdir.rmdir()
+        except OSError:
+            pass  # not empty: someone else's files
+
+
+def _predict_locked(args: argparse.Namespace, source: InputSource) -> int:
+    """The run itself, OUTDIR locked: checkpoint, input pass, shards, final outputs."""
+    from virnucpro.models import resolve_device
+    from virnucpro.results import write_shard
+    from virnucpro.runstate import finalise, open_run, pending_shards
+    from virnucpro.scoring import check_finite, load_classifier, load_scorer
+    from virnucpro.shardindex import ShardReader, build_index, load_index
+    from virnucpro.shards import preprocess_shard
+
     checkpoint = find_checkpoint(args.model, args.length)
     classifier, meta = load_classifier(checkpoint, args.length)
     device = resolve_device(args.device)
-    # A first pass validates the whole input, so bad records are reported before models load.
-    for _ in read_fasta(args.input, alphabet="dna"):
-        pass
-    stem = outputs.input_stem(args.input)
+    stem = output_stem(source)
     settings = run_settings(args, checkpoint, device.type)
-    work, finished = open_run(args.outdir, settings, args.force, stem, args.length)
+
+    def get_index(work: Path):
+        # One pass validates the whole input, so bad records are reported before models load.
+        index = load_index(work, source, args.length, args.shard_size)
+        return index or build_index(source, work, args.length, args.shard_size)
+
+    with disk_full_says(args.outdir, "the shard index (or a piped input's spool)"):
+        work, index, finished = open_run(args.outdir, settings, args.force, stem, args.length, get_index)
     if finished:
         log.info("%s is complete already (use --force to recompute)", args.outdir)
         return cli.EXIT_OK
@@ -142,20 +219,22 @@ def predict(args: argparse.Namespace) -> int:
                          batch_tokens=args.batch_tokens, progress=not args.quiet)
     features_dir = args.outdir / outputs.FEATURES_DIR_NAME if args.keep_features else None
 
-    def prepare(index, records):
-        return scorer.prepare(preprocess_shard(index, records, args.length))
+    def prepare(k, records):
+        return scorer.prepare(preprocess_shard(k, records, args.length))
 
     def write(prepared, features) -> None:
         shard = prepared.shard
         probabilities = scorer.probabilities(features)
-        write_shard(work, shard, probabilities, meta["label_map"], features, features_dir, meta)
+        check_finite(probabilities, shard)
+        with disk_full_says(work, f"shard {shard.index}"):
+            write_shard(work, shard, probabilities, meta["label_map"], features, features_dir, meta)
         log.info("shard %d: %d sequences, %d chunks, %d frames scored", shard.index, len(shard.sequences),
                  shard.chunk_count, len(shard.frame_ids))
 
-    # Three stages overlap: the prefetch thread reads, frames and tokenises shard i+1 while
-    # this thread embeds shard i and the writer thread scores and writes shard i-1.
-    shard_count = 0
-    with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=1) as writer:
+    # Three stages overlap: the prefetch thread frames and tokenises shard k+1 while this
+    # thread embeds shard k and the writer thread scores and writes shard k-1.
+    with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=1) as writer, \
+            ShardReader(index, work) as reader:
         pending = written = None
 
         def embed_and_hand_over(prepared):
@@ -164,11 +243,8 @@ def predict(args: argparse.Namespace) -> int:
                 written.result()  # one shard in the writer at a time; its errors surface here
             return writer.submit(write, prepared, features)
 
-        for index, records in iter_shards(args.input, args.length, args.shard_size):
-            shard_count = index + 1
-            if shard_path(work, index, "done").is_file():
-                continue
-            next_shard = prefetch.submit(prepare, index, records)
+        for k in pending_shards(work, index):
+            next_shard = prefetch.submit(prepare, k, reader.read(k))
             if pending is not None:
                 written = embed_and_hand_over(pending.result())
             pending = next_shard
@@ -176,14 +252,30 @@ def predict(args: argparse.Namespace) -> int:
             written = embed_and_hand_over(pending.result())
         if written is not None:
             written.result()
-    finalise(args.outdir, work, shard_count, stem, args.length)
+    with disk_full_says(args.outdir, "the final outputs"):
+        finalise(args.outdir, work, index, stem, args.length)
     log.info("results in %s", args.outdir)
     return cli.EXIT_OK
 
 
+@contextlib.contextmanager
+def disk_full_says(where: Path, what: str) -> Iterator[None]:
+    """Turn a full disk (or quota) into one line naming what was being written."""
+    from virnucpro.errors import DiskFullError
+    from virnucpro.files import DISK_FULL_ERRNOS
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise DiskFullError(f"{where}: no space left on the device while writing {what} "
+                            f"({exc.strerror}); free some space and rerun the same command to resume") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python prediction.py INPUT LENGTH OUTDIR [options]``."""
-    return cli.script_main(PROG, build_parser(), predict, argv)
+    return cli.script_main(PROG, build_parser(), predict, argv, interrupted_hint=RESUME_HINT)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
-from virnucpro import cli
+from virnucpro import cli, outputs
 from virnucpro.classifier import MLPClassifier, save_checkpoint
 from virnucpro.defaults import DNABERT_S_MODEL, FASTESM_MODEL
 from virnucpro.errors import FeatureFileError, InputError
@@ -175,6 +175,7 @@ class TrainingData:
     protein_model: str | None = None
     has_ids: bool = True
     rows_per_file: list[int] = field(default_factory=list)
+    ids: list[str] | None = None    # the row ids (None when a file records none)
 
     @property
     def input_dim(self) -> int:
@@ -267,6 +268,7 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
     group_index: dict[str, int] = {}
     groups: list[np.ndarray] = []
     has_ids = True
+    row_ids: list[str] = []
     for path, label in tqdm(files, desc="reading features", unit="file", disable=not progress):
         obj = load_feature_object(path, "merged feature file", mmap=True)
         if not isinstance(obj, dict) or "data" not in obj:
@@ -321,6 +323,8 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
             keys = range(start, start + rows)  # each row its own group (only used with --split-by record)
         groups.append(np.fromiter(keys, dtype=np.int64, count=rows))
         blocks.append((path, label, data))
+        if has_ids:
+            row_ids.extend(str(i) for i in ids)
     if not blocks:
         raise FeatureFileError(f"{data_dir}: the merged feature files hold no rows")
     labels_present = {label for _, label, _ in blocks}
@@ -355,7 +359,8 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
                         files=[p for p, _, _ in blocks], dna_dim=dims[0], protein_dim=dims[1],
                         dna_model=names.get("dna_model", (None,))[0],
                         protein_model=names.get("protein_model", (None,))[0],
-                        has_ids=has_ids, rows_per_file=[int(d.shape[0]) for _, _, d in blocks])
+                        has_ids=has_ids, rows_per_file=[int(d.shape[0]) for _, _, d in blocks],
+                        ids=row_ids if has_ids else None)
 
 
 # ---------------------------------------------------------------------------
@@ -687,6 +692,10 @@ def run(args: argparse.Namespace) -> int:
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())},
             "history": history,
         }
+        if data.ids is not None:  # so that exactly this hold-out can be evaluated later (evaluate.py --ids)
+            report["holdout_ids"] = str(outputs.holdout_ids_path(out_path))
+            with atomic_write(outputs.holdout_ids_path(out_path)) as handle:
+                handle.writelines(f"{data.ids[row]}\n" for row in sorted(test_rows.tolist()))
         with atomic_write(metrics_path) as handle:
             json.dump(_json_safe(report), handle, indent=2)
             handle.write("\n")

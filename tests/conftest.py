@@ -1,4 +1,4 @@
-"""Shared fixtures: offline Hugging Face environment, tiny stand-in models, golden data.
+"""Shared fixtures: offline Hugging Face environment, tiny stand-in models, golden data, a prediction run.
 
 The Hugging Face environment is set at import time, BEFORE transformers or
 huggingface_hub are imported (they read HF_HOME when imported): a fresh temporary
@@ -79,3 +79,33 @@ def fake_hub(esm_model_dir, dnabert_model_dir) -> Path:
     hub_cache = Path(constants.HF_HUB_CACHE)
     standins.install_fake_hub(hub_cache, esm_model_dir, dnabert_model_dir)
     return _HF_HOME
+
+
+@pytest.fixture(scope="session")
+def checkpoint_300(tmp_path_factory, esm_model_dir, dnabert_model_dir) -> Path:
+    """A seeded random classifier for the stand-ins' widths (768 + protein width)."""
+    import units
+
+    dna = units.load_dnabert_model(str(dnabert_model_dir), "cpu")
+    protein = units.load_protein_model(str(esm_model_dir), "cpu")
+    torch.manual_seed(7)
+    model = units.MLPClassifier(dna.hidden_size + protein.hidden_size)
+    model.eval()
+    with torch.no_grad():  # make the batch-norm statistics non-trivial so scores vary
+        model.bn1.running_mean.uniform_(-0.05, 0.05)
+    path = tmp_path_factory.mktemp("ckpt") / "300_model_fastesm650.pth"
+    units.save_checkpoint(path, model, dna_model=str(dnabert_model_dir), dna_dim=dna.hidden_size,
+                          protein_model=str(esm_model_dir), protein_dim=protein.hidden_size, chunk_size=300)
+    return path
+
+
+@pytest.fixture()
+def run(esm_model_dir, dnabert_model_dir, checkpoint_300):
+    """Call prediction.main with the stand-in models; returns the exit code."""
+    import prediction
+
+    def _run(*args: str | Path, model: Path | None = None) -> int:
+        argv = [str(a) for a in args] + ["--model", str(model or checkpoint_300), "--esm-model", str(esm_model_dir),
+                                         "--dnabert-model", str(dnabert_model_dir), "--device", "cpu", "-q"]
+        return prediction.main(argv)
+    return _run

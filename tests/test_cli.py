@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = ["prediction", "train", "features_extract", "make_train_dataset_300", "make_train_dataset_500",
-           "drew_fig", "download_data"]
+           "drew_fig", "download_data", "convert_checkpoint", "evaluate"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -36,6 +36,8 @@ MISSING_PATH_ARGS = {
     "make_train_dataset_300": lambda p: ["--data-dir", str(p)],
     "make_train_dataset_500": lambda p: ["--data-dir", str(p)],
     "drew_fig": lambda p: [str(p)],
+    "convert_checkpoint": lambda p: [str(p), str(p.parent / "out.pth"), "--chunk-size", "300"],
+    "evaluate": lambda p: ["--viral", str(p), "--host", str(p), "--model", str(p), "--outdir", str(p.parent / "e")],
 }
 
 

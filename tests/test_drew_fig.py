@@ -50,6 +50,13 @@ def test_explicit_chunk_size_and_output_without_summary(outdir: Path) -> None:
     assert_png(target)
 
 
+def test_output_that_is_an_existing_directory(outdir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "figures"
+    target.mkdir()
+    assert drew_fig.main([str(outdir / "prediction_results.txt"), "-o", str(target), "-q"]) == 0
+    assert_png(target / "prediction.png")
+
+
 def test_golden_results_file(golden_dir: Path, tmp_path: Path) -> None:
     results = tmp_path / "prediction_results.txt"
     shutil.copyfile(golden_dir / "consensus" / "prediction_results.txt", results)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,32 +22,6 @@ from virnucpro import outputs
 import units
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def checkpoint_300(tmp_path_factory, esm_model_dir, dnabert_model_dir) -> Path:
-    """A seeded random classifier for the stand-ins' widths (768 + protein width)."""
-    dna = units.load_dnabert_model(str(dnabert_model_dir), "cpu")
-    protein = units.load_protein_model(str(esm_model_dir), "cpu")
-    torch.manual_seed(7)
-    model = units.MLPClassifier(dna.hidden_size + protein.hidden_size)
-    model.eval()
-    with torch.no_grad():  # make the batch-norm statistics non-trivial so scores vary
-        model.bn1.running_mean.uniform_(-0.05, 0.05)
-    path = tmp_path_factory.mktemp("ckpt") / "300_model_fastesm650.pth"
-    units.save_checkpoint(path, model, dna_model=str(dnabert_model_dir), dna_dim=dna.hidden_size,
-                          protein_model=str(esm_model_dir), protein_dim=protein.hidden_size, chunk_size=300)
-    return path
-
-
-@pytest.fixture()
-def run(esm_model_dir, dnabert_model_dir, checkpoint_300):
-    """Call prediction.main with the stand-in models; returns the exit code."""
-    def _run(*args: str | Path, model: Path | None = None) -> int:
-        argv = [str(a) for a in args] + ["--model", str(model or checkpoint_300), "--esm-model", str(esm_model_dir),
-                                         "--dnabert-model", str(dnabert_model_dir), "--device", "cpu", "-q"]
-        return prediction.main(argv)
-    return _run
 
 
 def random_dna(rng: random.Random, length: int) -> str:
@@ -202,7 +177,8 @@ def test_width_mismatch_is_refused(run, tmp_path, golden_dir, capsys, esm_model_
 
 BAD_INPUTS = {
     "empty": b"",
-    "fastq": b"@r1\nACGT\n+\nIIII\n",
+    "fastq_no_plus": b"@r1\nACGT\nIIII\n@r2\nACGT\n+\nIIII\n",
+    "fastq_quality_length": b"@r1\nACGT\n+\nIIII\n@r2\nACGTA\n+\nIIII\n@r3\nACGT\n+\nIIII\n",
     "protein": b">p1\nMKVLAAGIEFQW\n",
     "no_sequence": b">r1\n>r2\nACGT\n",
     "duplicate_ids": b">r1\nACGT\n>r1\nACGA\n",
@@ -344,11 +320,20 @@ def test_two_runs_into_two_outdirs_do_not_interfere(tmp_path, esm_model_dir, dna
             assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
 
 
+# The child reports its own VmHWM: after fork + exec, ru_maxrss also counts the parent's pages
+# (here pytest with torch and the models loaded), which would hide any growth.
+_REPORT_PEAK = ("import runpy, sys\n"
+                "sys.argv = sys.argv[1:]\n"
+                "try:\n"
+                "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+                "finally:\n"
+                "    print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])\n")
+
+
 def _peak_rss_kib(cmd: list[str]) -> int:
-    proc = subprocess.Popen(cmd, cwd=REPO)
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return usage.ru_maxrss
+    done = subprocess.run([cmd[0], "-c", _REPORT_PEAK, *cmd[1:]], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
 
 
 @pytest.mark.slow
@@ -361,6 +346,134 @@ def test_peak_memory_does_not_grow_with_input(tmp_path, esm_model_dir, dnabert_m
                               "--shard-size", "100"))
            for fasta in (small, large)]
     assert rss[1] < rss[0] * 1.10 + 20 * 1024, rss
+
+
+# --- inputs that are not plain DNA files -------------------------------------------------------
+
+
+def test_rna_scores_exactly_as_its_dna_spelling(run, tmp_path):
+    rng = random.Random(8)
+    dna = [(f"v{i}", random_dna(rng, rng.randint(250, 900))) for i in range(6)]
+    rna = [(name, seq.replace("T", "U") if i % 2 else seq.replace("T", "U").lower()) for i, (name, seq) in enumerate(dna)]
+    assert run(write_fasta(tmp_path / "dna.fa", dna), 300, tmp_path / "d") == 0
+    assert run(write_fasta(tmp_path / "rna.fa", rna), 300, tmp_path / "r") == 0
+    for name in (outputs.RESULTS_NAME, outputs.CONSENSUS_NAME, outputs.SUMMARY_NAME, "dna_identified_nucleotide.fa"):
+        other = name.replace("dna_", "rna_")
+        assert (tmp_path / "d" / name).read_bytes() == (tmp_path / "r" / other).read_bytes(), name
+    chunked = (tmp_path / "r" / "rna_chunked300.fa").read_text()  # the chunk FASTA shows the input as given
+    assert "U" in chunked and "u" in chunked and "T" not in chunked.replace("_chunk_", "")
+
+
+def test_long_record_is_sharded_by_chunk_and_summarised_whole(run, tmp_path):
+    rng = random.Random(9)
+    records = [("before", random_dna(rng, 700)), ("chromosome", random_dna(rng, 300 * 23 + 17)),
+               ("after", random_dna(rng, 400))]
+    fasta = write_fasta(tmp_path / "long.fa", records)
+    out = tmp_path / "out"
+    assert run(fasta, 300, out, "--shard-size", "5", "--keep-features") == 0
+    assert len(list((out / "features").glob("shard_*"))) >= 5  # the long record spans several shards
+    assert run(fasta, 300, tmp_path / "whole", "--shard-size", "1000") == 0
+    for name in ("long_chunked300.fa", "long_identified_nucleotide.fa", "long_identified_protein.faa"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    consensus = out / outputs.CONSENSUS_NAME
+    assert consensus.read_text() == original_consensus(out / outputs.RESULTS_NAME)
+    best = {}
+    for frame_id, _, s1, s2 in read_rows(out / outputs.RESULTS_NAME)[1:]:
+        pair = best.setdefault(frame_id[:-2], [np.float32(s1), np.float32(s2)])
+        pair[:] = [max(pair[0], np.float32(s1)), max(pair[1], np.float32(s2))]
+    from virnucpro.results import summary_row
+    from virnucpro.shards import SequenceInfo
+    expected = [summary_row(SequenceInfo(name, len(seq), [f"{name}_chunk_{k}" for k in
+                                                            range(1, len(units.chunk_sequence(seq, 300)) + 1)]), best)
+                for name, seq in records]
+    assert read_rows(out / outputs.SUMMARY_NAME)[1:] == expected
+    assert expected[1][2] == "24"
+
+
+def _feed(fd: int, data: bytes) -> threading.Thread:
+    def write() -> None:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("kind", [pytest.param("stdin", marks=pytest.mark.slow),
+                                  pytest.param("fifo", marks=pytest.mark.slow), "process_substitution"])
+def test_stream_input_is_read_once_and_reruns_resume(run, tmp_path, golden_dir, monkeypatch, kind):
+    data = gzip.compress((golden_dir / "reads.fa").read_bytes())
+    assert run(golden_dir / "reads.fa", 300, tmp_path / "file") == 0
+
+    def run_stream(out: Path) -> int:
+        if kind == "fifo":
+            path = tmp_path / "reads.fa"
+            if not path.exists():
+                os.mkfifo(path)
+            feeder = threading.Thread(target=lambda: path.write_bytes(data))
+            feeder.start()
+        else:
+            read_end, write_end = os.pipe()
+            feeder = _feed(write_end, data)
+            path = Path(f"/dev/fd/{read_end}")
+            if kind == "stdin":
+                monkeypatch.setattr(sys, "stdin", os.fdopen(read_end, "r"))
+                path = Path("-")
+        try:
+            return run(path, 300, out)
+        finally:
+            feeder.join(timeout=30)
+            if kind != "fifo":
+                os.close(read_end) if kind != "stdin" else sys.stdin.close()
+
+    out = tmp_path / "stream"
+    assert run_stream(out) == 0
+    stem = "reads" if kind == "fifo" else "stdin"
+    for name, data_file in outputs_by_kind(tmp_path / "file", out, stem):
+        assert data_file.read_bytes() == (tmp_path / "file" / name).read_bytes(), name
+    assert not (out / outputs.WORK_DIR_NAME / "input.spool").exists()
+    assert run_stream(out) == 0  # a rerun reads the stream again: same bytes, so complete already
+    assert not (out / outputs.WORK_DIR_NAME / "input.spool").exists()
+
+
+@pytest.mark.slow
+def test_interrupted_piped_run_resumes_from_the_stream_read_again(run, tmp_path, golden_dir, monkeypatch):
+    from virnucpro import results
+
+    data = (golden_dir / "reads.fa").read_bytes()
+    real, written = results.write_shard, []
+
+    def interrupt_second(work, shard, *args):
+        if len(written) == 1 and not monkeypatch_done:
+            raise KeyboardInterrupt
+        written.append(shard.index)
+        real(work, shard, *args)
+
+    monkeypatch.setattr(results, "write_shard", interrupt_second)
+    out = tmp_path / "out"
+    for monkeypatch_done in (False, True):
+        read_end, write_end = os.pipe()
+        feeder = _feed(write_end, data)
+        code = run(Path(f"/dev/fd/{read_end}"), 300, out, "--shard-size", "20")
+        feeder.join(timeout=30)
+        os.close(read_end)
+        assert code == (0 if monkeypatch_done else 130)
+    assert written[0] == 0 and 0 not in written[1:] and len(written) == len(set(written))
+    assert run(golden_dir / "reads.fa", 300, tmp_path / "file", "--shard-size", "20") == 0
+    for name, data_file in outputs_by_kind(tmp_path / "file", out, "stdin"):
+        assert data_file.read_bytes() == (tmp_path / "file" / name).read_bytes(), name
+
+
+def outputs_by_kind(file_out: Path, stream_out: Path, stem: str):
+    for path in sorted(file_out.iterdir()):
+        if path.is_file():
+            yield path.name, stream_out / path.name.replace("reads_", f"{stem}_")
+
+
+def test_devices_are_refused_never_read(run, tmp_path, capsys):
+    assert run(Path("/dev/zero"), 300, tmp_path / "out") == 2
+    assert "not a regular file or a pipe" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 class _RunsCode:

@@ -4,17 +4,23 @@
 ``errors``         the typed errors the command-line scripts turn into exit codes
 ``files``          text and gzip opening, atomic writes, file hashes
 ``fasta``          FASTA reading (validated, streamed) and writing, FASTA splitting
+``fastq``          FASTQ reading, and ``read_sequences`` (FASTA or FASTQ, detected)
 ``ids``            the ``{record}_chunk_{k}`` / ``F1..R3`` identifier format
 ``frames``         chunking, six-frame translation, stop-free frame selection
 ``models``         device choice, language-model loading and its workarounds
 ``embed``          token-budget batching, protein and DNA embeddings
 ``features``       the feature-file formats (DNABERT-S, protein, merged)
 ``classifier``     the MLP classifier and its checkpoints
+``legacy``         converting original VirNucPro whole-model pickles (safely)
+``evaluation``     metrics of classifiers against labels, agreement, curves
 ``outputs``        every output file name and column list shared by scripts
 ``cli``            argument parsing, logging and the shared ``main`` wrapper
+``shardindex``     prediction's one input pass and shard index; reading any shard
+``dupcheck``       duplicate record ids found in bounded memory
+``runlock``        the exclusive lock of a prediction OUTDIR
 =================  ==========================================================
 
-Importing the package (or ``errors``, ``files``, ``fasta``, ``ids``, ``frames``,
+Importing the package (or ``errors``, ``files``, ``fasta``, ``fastq``, ``ids``, ``frames``,
 ``outputs``, ``cli``) imports no torch.
 """
 

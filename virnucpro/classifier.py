@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .defaults import LABEL_MAP
+from .defaults import ESM2_3B_MODEL, LABEL_MAP
 from .errors import CheckpointError
 from .files import atomic_torch_save
 from .models import resolve_device
@@ -124,6 +124,59 @@ def describe_legacy_checkpoint(path: str | os.PathLike) -> str | None:
     return f"an original VirNucPro whole-model pickle (MLPClassifier, {width}{origin})"
 
 
+#: Far above any classifier checkpoint (a 3,328 x 512 MLP is about 7 MB): larger files
+#: are refused before anything is read into memory.
+MAX_CHECKPOINT_BYTES = 1 << 30
+MAX_CHECKPOINT_ENTRIES = 10000
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def inspect_checkpoint_file(path: Path) -> None:
+    """Refuse, before ``torch.load``, a file that cannot be a classifier checkpoint.
+
+    Checks the size, and for a zip archive (torch's format) the entry count and the
+    declared uncompressed sizes (a zip bomb), or a truncated archive.
+    """
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: {size / 2**30:.1f} GiB is far too large for a classifier checkpoint "
+                              f"(at most {MAX_CHECKPOINT_BYTES >> 20} MiB; they are a few MB); refused unread")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if not zipfile.is_zipfile(path):
+        if magic == ZIP_MAGIC:
+            raise CheckpointError(f"{path}: truncated or damaged checkpoint (its zip archive has no "
+                                  f"directory; {size} bytes): copy or save it again")
+        return  # torch's legacy format or a foreign file: the weights-only loader refuses what it must
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint archive ({exc}): copy or save it again") from None
+    declared = sum(entry.file_size for entry in entries)
+    if len(entries) > MAX_CHECKPOINT_ENTRIES or declared > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: cannot be a classifier checkpoint ({len(entries)} archive entries "
+                              f"declaring {declared / 2**20:.0f} MiB uncompressed); refused unread")
+
+
+def check_finite_weights(path: Path, state_dict: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose weights hold NaN or infinite values."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: the weights hold NaN or infinite values ({name}); the checkpoint "
+                                  "is damaged or its training diverged: retrain it or restore a good copy")
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load failed, in words."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "unsafe or unknown pickle content"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "central directory" in first or "zip archive" in first or isinstance(exc, EOFError):
+        return f"truncated or damaged file: {first or type(exc).__name__}"
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MLPClassifier, dict]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``), in eval mode.
 
@@ -135,6 +188,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a .pth checkpoint")
+    inspect_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -142,11 +196,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         if legacy:
             raise CheckpointError(
                 f"{path}: {legacy}. It was trained on ESM2-3B features and cannot score FastESM2 "
-                "features (and is not loaded, because unpickling it could run code). Train a "
-                "FastESM2 model with train.py, or use a *_model_fastesm650.pth checkpoint") from None
-        reason = "unsafe or unknown pickle content" if isinstance(exc, pickle.UnpicklingError) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a VirNucPro-FastESM checkpoint ({reason}); refused without "
-                              "running any code in it") from None
+                "features (and is not loaded, because unpickling it could run code). Convert it safely "
+                f"with: python convert_checkpoint.py {path} {path.stem}_esm2_3b.pth --chunk-size N, then "
+                f"predict with --model that file and --esm-model {ESM2_3B_MODEL}; or train a "
+                "FastESM2 model with train.py") from None
+        raise CheckpointError(f"{path}: not a VirNucPro-FastESM checkpoint ({_load_failure(exc)}); refused "
+                              "without running any code in it") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format_version") != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a VirNucPro-FastESM checkpoint (format_version "
                               f"{CHECKPOINT_FORMAT_VERSION} dict expected; train one with train.py)")
@@ -156,6 +211,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if checkpoint["input_dim"] != checkpoint["dna_dim"] + checkpoint["protein_dim"]:
         raise CheckpointError(f"{path}: inconsistent checkpoint (input_dim {checkpoint['input_dim']} != "
                               f"{checkpoint['dna_dim']} + {checkpoint['protein_dim']})")
+    if not isinstance(checkpoint["state_dict"], dict):
+        raise CheckpointError(f"{path}: checkpoint has no weights dict")
+    check_finite_weights(path, checkpoint["state_dict"])
     model = MLPClassifier(checkpoint["input_dim"], checkpoint["hidden_dim"], checkpoint["num_class"])
     try:
         model.load_state_dict(checkpoint["state_dict"])

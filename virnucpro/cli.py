@@ -2,23 +2,45 @@
 
 Exit codes: 0 success; 1 unexpected failure (a bug: traceback kept); 2 bad usage or
 bad input (one line on stderr); 3 a remote data source failed (network, server);
-130 interrupted.  No torch here.
+130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM, e.g. a SLURM time limit).
+A run that cannot go on (:class:`~virnucpro.errors.RunFailedError`: disk full, non-finite
+scores) also exits with 1, but with one line and no traceback.  No torch here.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from . import __version__
 from .defaults import (CUDA_BATCH_TOKENS, CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DEFAULT_BATCH_TOKENS,
                        DNA_PRECISIONS, DNABERT_S_MODEL, FASTESM_MODEL, PROTEIN_PRECISIONS)
-from .errors import DataSourceError, VirNucProError
+from .errors import DataSourceError, RunFailedError, VirNucProError
 
 log = logging.getLogger("virnucpro")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DATA_SOURCE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that ``finally`` clean-ups run."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def catch_signals() -> None:
+    """SIGTERM raises :class:`Terminated`, SIGINT ``KeyboardInterrupt`` (unless ignored); main thread only."""
+    try:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:
+        pass  # not the main thread: keep the defaults
 VERSION_TEXT = f"%(prog)s (VirNucPro-FastESM) {__version__}"
 
 
@@ -84,27 +106,56 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def run_cli(prog: str, body: Callable[[], int | None]) -> int:
+def run_cli(prog: str, body: Callable[[], int | None], interrupted_hint: str = "") -> int:
     """Run a script body: user errors give one line on stderr and exit code 2, others 1."""
     try:
         return int(body() or EXIT_OK)
+    except RunFailedError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except DataSourceError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_DATA_SOURCE
     except VirNucProError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception:  # noqa: BLE001 - unexpected: keep the traceback for a bug report
+    except KeyboardInterrupt as exc:
+        return _interrupted(prog, exc, interrupted_hint)
+    except Exception as exc:  # noqa: BLE001 - unexpected: keep the traceback for a bug report
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None:  # a signal raised inside code that wrapped it (e.g. an import)
+            return _interrupted(prog, interrupt, interrupted_hint)
         log.exception("%s: unexpected failure", prog)
         return EXIT_FAILURE
 
 
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (or :class:`Terminated`) an exception was raised from, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _interrupted(prog: str, exc: BaseException, hint: str) -> int:
+    print(f"{prog}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
 def script_main(prog: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
-                argv: Sequence[str] | None) -> int:
-    """The ``main(argv)`` of every script: parse, set up logging, run ``body(args)`` under :func:`run_cli`."""
-    args = parser.parse_args(argv)
-    setup_logging(args.quiet, args.verbose)
-    return run_cli(prog, lambda: body(args))
+                argv: Sequence[str] | None, interrupted_hint: str = "") -> int:
+    """The ``main(argv)`` of every script: parse, set up logging, run ``body(args)`` under :func:`run_cli`.
+
+    SIGTERM and SIGINT give one line (``interrupted`` and ``interrupted_hint``) and exit
+    codes 143 and 130, at any point, start-up included.
+    """
+    catch_signals()
+    try:
+        args = parser.parse_args(argv)
+        setup_logging(args.quiet, args.verbose)
+    except KeyboardInterrupt as exc:
+        return _interrupted(prog, exc, interrupted_hint)
+    return run_cli(prog, lambda: body(args), interrupted_hint)

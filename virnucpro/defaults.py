@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 DNABERT_S_MODEL = "zhihan1996/DNABERT-S"
+DNABERT_S_DIM = 768
 FASTESM_MODEL = "Synthyra/FastESM2_650"
+#: The protein model of the original VirNucPro (its published 300_model.pth / 500_model.pth).
+ESM2_3B_MODEL = "facebook/esm2_t36_3B_UR50D"
 #: Residues of a protein pooled into its embedding (positions 1..min(L, 1024)).
 TRUNCATION_SEQ_LENGTH = 1024
+#: The longest chunk LENGTH prediction accepts: a frame's protein (LENGTH / 3 residues) is
+#: embedded whole up to TRUNCATION_SEQ_LENGTH residues, and a chunk's DNA is embedded
+#: whole (attention memory grows with the square of its length).
+MAX_CHUNK_LENGTH = 3 * TRUNCATION_SEQ_LENGTH
 #: Padded tokens in one language-model batch (CPU; also the default of ``--batch-tokens`` there).
 DEFAULT_BATCH_TOKENS = 16384
 #: Padded tokens per batch on CUDA (a candidate for the GPU verification to tune: 32k-64k).

@@ -28,3 +28,11 @@ class ModelLoadError(VirNucProError):
 
 class DataSourceError(VirNucProError):
     """A remote data source (network, server) failed; the CLI exits with 3."""
+
+
+class RunFailedError(VirNucProError):
+    """The run cannot go on (non-finite scores, a full disk); the CLI prints one line and exits with 1."""
+
+
+class DiskFullError(RunFailedError):
+    """A file system filled up while writing; rerunning the same command resumes."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 import gzip
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
 from .errors import InputError
-from .files import open_text, open_text_output
+from .files import TEXT_ENCODING, TEXT_ERRORS, open_binary, open_text, open_text_output
 
 FASTA_LINE_WIDTH = 60  # what Biopython's FASTA writer uses, and so the original chunk files
 NUCLEOTIDE_LETTERS = frozenset("ACGTURYKMSWBDHVN-")
@@ -18,7 +19,9 @@ PROTEIN_ONLY_LETTERS = frozenset("EFIJLOPQXZ*")
 PROTEIN_ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBUZO"
 PROTEIN_REPLACEMENTS = {"*": "X", "J": "X"}
 SPLIT_FILE_TEMPLATE = "output_{index}.fa"
-_WHITESPACE_TABLE = str.maketrans("", "", " \t\r\n\v\f")
+_WHITESPACE_BYTES = b" \t\r\n\v\f"
+UTF8_BOM = b"\xef\xbb\xbf"
+_NUCLEOTIDE_BYTES = "".join(NUCLEOTIDE_LETTERS).encode() + "".join(NUCLEOTIDE_LETTERS).lower().encode()
 
 
 @dataclass(frozen=True)
@@ -56,60 +59,97 @@ def read_fasta(path: str | os.PathLike, *, alphabet: str | None = "dna",
     seen: set[str] | None = set() if check_duplicates else None
     count = 0
     try:
-        with open_text(path) as handle:
-            header: str | None = None
-            parts: list[str] = []
-            for line_no, line in enumerate(handle, start=1):
-                if "\x00" in line:
-                    raise InputError(f"{path}: line {line_no}: binary data, not a FASTA file")
-                if line.startswith(">"):
-                    if header is not None:
-                        yield _finish_record(path, header, parts, alphabet, seen)
-                        count += 1
-                    header = line[1:].rstrip()
-                    parts = []
-                elif header is None:
-                    if not line.strip():
-                        continue
-                    if line.startswith("@"):
-                        raise InputError(f"{path}: looks like FASTQ (first record starts with '@'); "
-                                         "convert it to FASTA first (e.g. seqkit fq2fa)")
-                    raise InputError(f"{path}: line {line_no}: text before the first '>' header; "
-                                     "not a FASTA file")
-                else:
-                    parts.append(line)
-            if header is not None:
-                yield _finish_record(path, header, parts, alphabet, seen)
+        with open_binary(path) as handle:
+            for _, record in parse_fasta(handle, path, alphabet=alphabet):
+                if seen is not None:
+                    if record.id in seen:
+                        raise InputError(f"{path}: duplicate record id '{shown_text(record.id)}' "
+                                         "(ids must be unique)")
+                    seen.add(record.id)
                 count += 1
-    except (EOFError, gzip.BadGzipFile, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: corrupt or truncated gzip file ({exc})") from None
+                yield record
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if count == 0 and not allow_empty:
         raise InputError(f"{path}: no FASTA records found (empty file?)")
 
 
-def _finish_record(path: Path, header: str, parts: list[str], alphabet: str | None,
-                   seen: set[str] | None) -> FastaRecord:
-    seq = "".join(parts).translate(_WHITESPACE_TABLE)
+def parse_fasta(handle: IO[bytes], path: str | os.PathLike, *, alphabet: str | None = "dna",
+                start: int = 0) -> Iterator[tuple[int, FastaRecord]]:
+    """Parse an open binary stream into ``(byte offset of the header line, record)`` pairs.
+
+    ``start`` is the stream's position (offsets count decompressed bytes); a UTF-8 byte
+    order mark at offset 0 is skipped.  Lines end at ``\n``, ``\r\n`` or ``\r`` (as in
+    text mode).  Validation and messages are those of :func:`read_fasta`, without the
+    duplicate-id check (the caller's job).
+    """
+    header: str | None = None
+    header_at = 0
+    parts: list[bytes] = []
+    try:
+        for line_no, (at, line) in enumerate(_lines(handle, start), start=1):
+            if b"\x00" in line:
+                raise InputError(f"{path}: line {line_no}: binary data, not a FASTA file")
+            if line.startswith(b">"):
+                if header is not None:
+                    yield header_at, _finish_record(path, header, parts, alphabet)
+                header = line[1:].decode(TEXT_ENCODING, TEXT_ERRORS).rstrip()
+                header_at = at
+                parts = []
+            elif header is None:
+                if not line.strip():
+                    continue
+                if line.startswith(b"@"):
+                    raise InputError(f"{path}: looks like FASTQ (first record starts with '@'); "
+                                     "convert it to FASTA first (e.g. seqkit fq2fa)")
+                raise InputError(f"{path}: line {line_no}: text before the first '>' header; "
+                                 "not a FASTA file")
+            else:
+                parts.append(line)
+        if header is not None:
+            yield header_at, _finish_record(path, header, parts, alphabet)
+    except (EOFError, gzip.BadGzipFile, zipfile.BadZipFile, zlib.error) as exc:
+        raise InputError(f"{path}: corrupt or truncated gzip file ({exc})") from None
+
+
+def _lines(handle: IO[bytes], start: int) -> Iterator[tuple[int, bytes]]:
+    """``(offset, line)`` for every line; a leading UTF-8 byte order mark is dropped."""
+    offset = start
+    for raw in handle:
+        if offset == 0 and raw.startswith(UTF8_BOM):
+            offset, raw = len(UTF8_BOM), raw[len(UTF8_BOM):]
+        if b"\r" in raw and b"\r" in raw.rstrip(b"\r\n"):  # a lone carriage return ends a line too
+            for line in raw.splitlines(keepends=True):
+                yield offset, line
+                offset += len(line)
+            continue
+        yield offset, raw
+        offset += len(raw)
+
+
+def _finish_record(path: Path, header: str, parts: list[bytes], alphabet: str | None) -> FastaRecord:
+    raw = b"".join(parts).translate(None, _WHITESPACE_BYTES)
+    seq = raw.decode(TEXT_ENCODING, TEXT_ERRORS)
     fields = header.split(None, 1)
     record_id = fields[0] if fields else ""
     if not record_id:
         raise InputError(f"{path}: a record has an empty header (no id after '>')")
     if not seq:
-        raise InputError(f"{path}: record '{record_id}' has a header but no sequence")
-    if seen is not None:
-        if record_id in seen:
-            raise InputError(f"{path}: duplicate record id '{record_id}' (ids must be unique)")
-        seen.add(record_id)
+        raise InputError(f"{path}: record '{shown_text(record_id)}' has a header but no sequence")
     if alphabet == "dna":
-        check_dna_letters(path, record_id, seq)
+        if raw.translate(None, _NUCLEOTIDE_BYTES):  # fast path: nothing but nucleotide codes left
+            check_dna_letters(path, record_id, seq)
     elif alphabet == "protein":
         bad = set(seq.upper()) - set(PROTEIN_ALPHABET) - set(PROTEIN_REPLACEMENTS)
         if bad:
-            raise InputError(f"{path}: record '{record_id}' has characters that are not "
+            raise InputError(f"{path}: record '{shown_text(record_id)}' has characters that are not "
                              f"amino-acid codes: {_shown(bad)}")
     return FastaRecord(record_id, header, seq)
+
+
+def shown_text(text: str) -> str:
+    """Text for a message: undecodable input bytes (kept as surrogates) shown as ``\\xe9``."""
+    return text.encode(TEXT_ENCODING, TEXT_ERRORS).decode(TEXT_ENCODING, "backslashreplace")
 
 
 def check_dna_letters(path: Path, record_id: str, seq: str) -> None:
@@ -118,14 +158,14 @@ def check_dna_letters(path: Path, record_id: str, seq: str) -> None:
     if not bad:
         return
     if bad & PROTEIN_ONLY_LETTERS and len(bad) <= 12 and all(c.isalpha() or c == "*" for c in bad):
-        raise InputError(f"{path}: record '{record_id}' looks like a protein sequence "
+        raise InputError(f"{path}: record '{shown_text(record_id)}' looks like a protein sequence "
                          f"(letters {''.join(sorted(bad))}); a DNA FASTA is expected")
-    raise InputError(f"{path}: record '{record_id}' has characters that are not "
+    raise InputError(f"{path}: record '{shown_text(record_id)}' has characters that are not "
                      f"nucleotide codes: {_shown(bad)}")
 
 
 def _shown(letters: set[str]) -> str:
-    return "".join(sorted(repr(c)[1:-1] for c in letters))[:40]
+    return "".join(sorted(repr(shown_text(c))[1:-1].replace("\\\\", "\\") for c in letters))[:40]
 
 
 def write_fasta_record(handle: IO[str], record_id: str, seq: str, width: int | None = FASTA_LINE_WIDTH) -> None:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import gzip
 import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +17,8 @@ TEXT_ENCODING = "utf-8"
 TEXT_ERRORS = "surrogateescape"  # non-UTF-8 header bytes round-trip unchanged
 HASH_BLOCK = 1 << 20
 TEMP_SUFFIX = ".tmp"
+#: ``OSError.errno`` values that mean the file system is full (or the user's quota is).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def open_text(path: str | os.PathLike) -> IO[str]:
@@ -25,6 +29,20 @@ def open_text(path: str | os.PathLike) -> IO[str]:
     if magic == GZIP_MAGIC:
         return gzip.open(path, "rt", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline=None)
     return open(path, "r", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline=None)
+
+
+def open_binary(path: str | os.PathLike) -> IO[bytes]:
+    """Open a plain or gzip-compressed file for reading bytes (decompressed; detected by content)."""
+    return decompressed(open(path, "rb"))
+
+
+def decompressed(handle: io.BufferedReader) -> IO[bytes]:
+    """``handle`` itself, or a gzip reader over it when its bytes are gzip; closing it closes ``handle``."""
+    if handle.peek(2)[:2] != GZIP_MAGIC:
+        return handle
+    reader = gzip.GzipFile(fileobj=handle, mode="rb")
+    reader.myfileobj = handle  # GzipFile closes the file it owns: make it own ``handle``
+    return reader  # type: ignore[return-value]
 
 
 def open_text_output(path: str | os.PathLike) -> IO[str]:

@@ -16,11 +16,15 @@ CONSENSUS_COLUMNS = ("Modified_ID", "Is_Virus")
 SUMMARY_NAME = "prediction_summary.tsv"
 SUMMARY_COLUMNS = ("Sequence_ID", "Length", "Chunks", "Scored_Chunks", "Viral_Chunks",
                    "Viral_Fraction", "Max_Virus_Score", "Mean_Virus_Score", "Prediction")
+#: The input records called ``virus`` in the summary, headers and sequences as in the input.
+VIRAL_FASTA_NAME = "viral_sequences.fa"
+VIRAL_CALL = "virus"  # the Prediction of a viral sequence in prediction_summary.tsv
 FIGURE_NAME = "prediction.png"
 WORK_DIR_NAME = ".virnucpro_work"
+LOCK_NAME = ".virnucpro.lock"  # in OUTDIR, held while a run is live
 MANIFEST_NAME = "manifest.json"
 FEATURES_DIR_NAME = "features"
-FASTA_SUFFIXES = (".fa", ".fasta", ".fas", ".fna", ".ffn", ".fsa", ".seq", ".txt")
+FASTA_SUFFIXES = (".fa", ".fasta", ".fas", ".fna", ".ffn", ".fsa", ".seq", ".txt", ".fastq", ".fq")
 
 
 def header_line(columns: tuple[str, ...]) -> str:
@@ -29,7 +33,7 @@ def header_line(columns: tuple[str, ...]) -> str:
 
 
 def input_stem(path: Path) -> str:
-    """The input's name without .gz and a FASTA suffix: reads.fa.gz -> reads."""
+    """The input's name without .gz and a FASTA or FASTQ suffix: reads.fa.gz -> reads."""
     name = path.name
     if name.endswith(".gz"):
         name = name[:-3]
@@ -58,7 +62,7 @@ def final_outputs(outdir: Path, stem: str, chunk_size: int) -> list[Path]:
     """Every final file of a prediction run, in the order they are made."""
     return [outdir / chunked_fasta_name(stem, chunk_size), outdir / identified_nucleotide_name(stem),
             outdir / identified_protein_name(stem), outdir / RESULTS_NAME, outdir / CONSENSUS_NAME,
-            outdir / SUMMARY_NAME]
+            outdir / SUMMARY_NAME, outdir / VIRAL_FASTA_NAME]
 
 
 def shard_features_name(index: int) -> str:
@@ -67,6 +71,14 @@ def shard_features_name(index: int) -> str:
 
 
 SHARD_FEATURES_GLOB = "shard_*_merged.pt"
+
+# --- evaluate.py OUTDIR ---------------------------------------------------------
+EVALUATION_INPUT_NAME = "labelled_input.fa"  # the viral then the host records, scored by every model
+EVALUATION_TSV_NAME = "evaluation.tsv"
+EVALUATION_JSON_NAME = "evaluation.json"
+AGREEMENT_TSV_NAME = "agreement.tsv"
+ROC_FIGURE_NAME = "roc_curves.png"
+PR_FIGURE_NAME = "precision_recall_curves.png"
 
 # --- classifier ---------------------------------------------------------------
 
@@ -77,6 +89,12 @@ def checkpoint_name(chunk_size: int) -> str:
 
 
 TRAINING_LOG_NAME = "MLP_log.txt"
+HOLDOUT_IDS_SUFFIX = ".holdout_ids.txt"
+
+
+def holdout_ids_path(checkpoint: Path) -> Path:
+    """The row ids of train.py's hold-out split, beside the checkpoint: 300_model.holdout_ids.txt."""
+    return checkpoint.with_suffix(HOLDOUT_IDS_SUFFIX)
 
 # --- training data ------------------------------------------------------------
 IDENTIFIED_NUCLEOTIDE_SUFFIX = "identified_nucleotide.fa"

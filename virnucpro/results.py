@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import IO, TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from . import ids
 from .defaults import VIRUS_CLASS
 from .fasta import write_fasta_record
-from .files import atomic_torch_save, atomic_write
+from .files import TEXT_ENCODING, TEXT_ERRORS, atomic_torch_save, atomic_write
 from .outputs import shard_features_name
 from .shards import SequenceInfo, Shard
 
@@ -52,8 +52,7 @@ def write_shard(work: Path, shard: Shard, probabilities: np.ndarray, label_map: 
     with atomic_write(shard_path(work, shard.index, "consensus.tsv")) as handle:
         handle.writelines(consensus_lines(best))
     with atomic_write(shard_path(work, shard.index, "summary.tsv")) as handle:
-        for info in shard.sequences:
-            handle.write("\t".join(summary_row(info, best)) + "\n")
+        handle.writelines(summary_part_line(info, best) for info in shard.sequences)
     if features_dir is not None and features is not None:
         atomic_torch_save({"ids": list(shard.frame_ids), "data": features,
                            "dna_dim": meta["dna_dim"], "protein_dim": meta["protein_dim"]},
@@ -97,6 +96,52 @@ def summary_row(info: SequenceInfo, best: dict[str, list[np.float32]]) -> list[s
     return [info.seq_id, str(info.length), str(len(info.chunk_ids)), str(len(scored)), str(viral),
             fraction_text, max_virus, mean_virus, call]
 
+
+
+SPAN_MARK = "#span"
+
+
+def summary_part_line(info: SequenceInfo, best: dict[str, list[np.float32]]) -> str:
+    """A shard's summary line for a sequence: its row, or for part of a long sequence a ``#span`` line.
+
+    A span line holds the sequence's id, length, chunk count, and the first chunk and
+    scored chunks ``(index, max score1, max score2)`` of this part;
+    :func:`merge_summaries` joins the parts into the row.
+    """
+    if info.whole:
+        return "\t".join(summary_row(info, best)) + "\n"
+    scored = ";".join(f"{k},{format_score(best[c][0])},{format_score(best[c][1])}"
+                      for k, c in enumerate(info.chunk_ids, start=info.first_chunk) if c in best)
+    return "\t".join((SPAN_MARK, info.seq_id, str(info.length), str(info.total_chunks), str(info.first_chunk),
+                      str(len(info.chunk_ids)), scored)) + "\n"
+
+
+def merge_summaries(parts: Sequence[Path], out: IO[str]) -> None:
+    """Copy the shards' summary lines to ``out`` in order, joining the parts of a long sequence into one row."""
+    open_span: tuple[str, int, int] | None = None  # seq id, length, total chunks
+    covered = 0
+    best: dict[str, list[np.float32]] = {}
+    for part in parts:
+        with open(part, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n") as handle:
+            for line in handle:
+                if not line.startswith(SPAN_MARK + "\t"):
+                    out.write(line)
+                    continue
+                _, seq_id, length, total, first, count, scored = line.rstrip("\n").split("\t")
+                if open_span is None:
+                    open_span, covered, best = (seq_id, int(length), int(total)), 0, {}
+                if open_span[0] != seq_id or int(first) != covered:
+                    raise ValueError(f"{part}: summary part of {seq_id} out of order")
+                for item in filter(None, scored.split(";")):
+                    k, others, virus = item.split(",")
+                    best[ids.chunk_id(seq_id, int(k) + 1)] = [np.float32(others), np.float32(virus)]
+                covered += int(count)
+                if covered == open_span[2]:
+                    chunk_ids = [ids.chunk_id(seq_id, k) for k in range(1, covered + 1)]
+                    out.write("\t".join(summary_row(SequenceInfo(seq_id, open_span[1], chunk_ids), best)) + "\n")
+                    open_span = None
+    if open_span is not None:
+        raise ValueError(f"summary parts of {open_span[0]} end before its last chunk")
 
 
 def format_score(value: np.float32) -> str:

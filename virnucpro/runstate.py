@@ -11,17 +11,21 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from .errors import VirNucProError
-from .files import HASH_BLOCK, TEXT_ENCODING, TEXT_ERRORS, atomic_write
+from .fasta import write_fasta_record
+from .fastq import read_sequences
+from .files import HASH_BLOCK, TEXT_ENCODING, TEXT_ERRORS, atomic_write, remove_temp_files
 from .outputs import (CONSENSUS_COLUMNS, FEATURES_DIR_NAME, MANIFEST_NAME, RESULTS_COLUMNS, SHARD_FEATURES_GLOB,
-                      SUMMARY_COLUMNS, WORK_DIR_NAME, final_outputs, header_line)
-from .results import SHARD_PARTS, shard_path
+                      SUMMARY_COLUMNS, VIRAL_CALL, WORK_DIR_NAME, final_outputs, header_line)
+from .results import SHARD_PARTS, merge_summaries, shard_path
+from .shardindex import SPOOL_NAME, ShardIndex
 
 log = logging.getLogger("virnucpro.predict")
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: shard index, long records split across shards
+INPUT_HASH_KEY = "input_sha256"
 
 
 def remove_own_files(outdir: Path, stem: str, length: int) -> None:
@@ -39,36 +43,77 @@ def remove_own_files(outdir: Path, stem: str, length: int) -> None:
             pass  # the user keeps other files there
 
 
-def open_run(outdir: Path, settings: dict, force: bool, stem: str, length: int) -> tuple[Path, bool]:
-    """Create or resume the work directory; returns (work_dir, already_finished)."""
+def read_manifest(path: Path) -> dict:
+    """The manifest of an earlier run; :class:`VirNucProError` when it is damaged."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise VirNucProError(f"{path}: the run manifest is damaged (unreadable JSON); rerun with --force "
+                             "to start over (this discards the earlier run's shards)")
+    return manifest
+
+
+def remove_stale_temp_files(outdir: Path, stem: str, length: int) -> None:
+    """Remove the temporary files a killed run of this program left (final outputs, work files, features)."""
+    removed = remove_temp_files(outdir / WORK_DIR_NAME)
+    for path in final_outputs(outdir, stem, length):
+        removed += remove_temp_files(outdir, path.name)
+    removed += remove_temp_files(outdir / FEATURES_DIR_NAME, SHARD_FEATURES_GLOB)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+
+
+def _changed(old: dict, new: dict, skip: str = "") -> list[str]:
+    keys = (set(old) | set(new)) - {"finished", skip}
+    return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
+def open_run(outdir: Path, settings: dict, force: bool, stem: str, length: int,
+             get_index: Callable[[Path], ShardIndex]) -> tuple[Path, ShardIndex, bool]:
+    """Create or resume the work directory; returns (work_dir, shard index, already_finished).
+
+    ``settings`` (everything but the input's hash) are checked against an earlier run's
+    manifest before ``get_index(work)`` reads the input; the index's hash is then
+    checked and recorded as ``input_sha256``.
+    """
     work = outdir / WORK_DIR_NAME
     manifest_path = work / MANIFEST_NAME
     if force:
         remove_own_files(outdir, stem, length)
-    elif manifest_path.is_file():
-        try:
-            previous = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            previous = {}
-        old = {k: v for k, v in previous.items() if k != "finished"}
-        if old != settings:
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise VirNucProError(
-                f"{outdir}: holds a run with different {', '.join(changed)}; rerun with --force to "
-                "start over, or choose another OUTDIR")
-        finished = bool(previous.get("finished")) and all(p.is_file() for p in final_outputs(outdir, stem, length))
-        if not finished:
-            log.info("resuming the run in %s", outdir)
-        return work, finished
+    remove_stale_temp_files(outdir, stem, length)
+    previous = read_manifest(manifest_path) if manifest_path.exists() else None
+    if previous is not None:
+        changed = _changed(previous, settings, skip=INPUT_HASH_KEY)
+        if changed:
+            raise _changed_error(outdir, changed)
     elif any(p.exists() for p in final_outputs(outdir, stem, length)):
         raise VirNucProError(f"{outdir}: already holds results not made by this run "
-                                   "(no run manifest); use --force to overwrite them or choose another OUTDIR")
+                             "(no run manifest); use --force to overwrite them or choose another OUTDIR")
     work.mkdir(parents=True, exist_ok=True)
-    for stale in work.glob(".*.tmp"):
-        stale.unlink()
+    index = get_index(work)
+    settings = {**settings, INPUT_HASH_KEY: index.sha256}
+    if previous is not None:
+        changed = _changed(previous, settings)
+        if changed:
+            raise _changed_error(outdir, changed)
+        index.save(work)
+        finished = bool(previous.get("finished")) and all(p.is_file() for p in final_outputs(outdir, stem, length))
+        if finished:
+            (work / SPOOL_NAME).unlink(missing_ok=True)  # a stream read again only to check its hash
+        else:
+            log.info("resuming the run in %s", outdir)
+        return work, index, finished
+    index.save(work)
     with atomic_write(manifest_path) as handle:
         json.dump(settings, handle, indent=1, sort_keys=True)
-    return work, False
+    return work, index, False
+
+
+def _changed_error(outdir: Path, changed: list[str]) -> VirNucProError:
+    return VirNucProError(f"{outdir}: holds a run with different {', '.join(changed)}; rerun with --force to "
+                          "start over, or choose another OUTDIR")
 
 
 def concatenate(parts: list[Path], target: Path, header: str = "") -> None:
@@ -92,15 +137,60 @@ def merge_sorted(parts: list[Path], target: Path, header: str) -> None:
             handle.close()
 
 
-def finalise(outdir: Path, work: Path, shard_count: int, stem: str, length: int) -> None:
+def pending_shards(work: Path, index: ShardIndex) -> list[int]:
+    """The shards of the index without a ``done`` marker, in order (recomputed at every start)."""
+    return [k for k in range(len(index.shards)) if not shard_path(work, k, "done").is_file()]
+
+
+def write_viral_sequences(input_path: Path, summary: Path, target: Path) -> int:
+    """Write the input records called ``virus`` in ``summary`` to ``target``; returns their count.
+
+    The summary lists the input records in input order, so both are streamed side by side
+    (memory stays flat); headers and sequences are written as in the input.
+    """
+    count = 0
+    with open(summary, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n") as rows, \
+            atomic_write(target) as out:
+        next(rows)  # the header line
+        for record in read_sequences(input_path, alphabet=None, check_duplicates=False):
+            fields = next(rows, "").rstrip("\n").split("\t")
+            if fields[0] != record.id:
+                raise VirNucProError(f"{summary}: row '{fields[0]}' does not match input record "
+                                     f"'{record.id}' of {input_path}; rerun with --force")
+            if fields[-1] == VIRAL_CALL:
+                write_fasta_record(out, record.description, record.seq)
+                count += 1
+    log.info("%d viral sequences in %s", count, target)
+    return count
+
+
+def check_shards_done(work: Path, index: ShardIndex) -> None:
+    """Raise unless every shard of the index is done with the index's chunk count."""
+    for k, entry in enumerate(index.shards):
+        try:
+            done = json.loads(shard_path(work, k, "done").read_text())
+        except (OSError, ValueError):
+            done = {}
+        if done.get("chunks") != entry.chunks:
+            raise VirNucProError(f"{work}: shard {k} is missing or incomplete; rerun the same command to "
+                                 "finish it")
+
+
+def finalise(outdir: Path, work: Path, index: ShardIndex, stem: str, length: int) -> None:
+    """Check every shard, join them into the final outputs, mark the run finished, remove the shards."""
+    check_shards_done(work, index)
+    shard_count = len(index.shards)
     parts = {part: [shard_path(work, i, part) for i in range(shard_count)] for part in SHARD_PARTS}
-    chunked, nucleotide, protein, results, consensus, summary = final_outputs(outdir, stem, length)
+    chunked, nucleotide, protein, results, consensus, summary, viral = final_outputs(outdir, stem, length)
     concatenate(parts["chunked.fa"], chunked)
     concatenate(parts["nucleotide.fa"], nucleotide)
     concatenate(parts["protein.faa"], protein)
     concatenate(parts["results.tsv"], results, header_line(RESULTS_COLUMNS))
     merge_sorted(parts["consensus.tsv"], consensus, header_line(CONSENSUS_COLUMNS))
-    concatenate(parts["summary.tsv"], summary, header_line(SUMMARY_COLUMNS))
+    with atomic_write(summary) as out:
+        out.write(header_line(SUMMARY_COLUMNS))
+        merge_summaries(parts["summary.tsv"], out)
+    write_viral_sequences(index.data_path(work), summary, viral)
     manifest_path = work / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text())
     manifest["finished"] = True
@@ -108,4 +198,5 @@ def finalise(outdir: Path, work: Path, shard_count: int, stem: str, length: int)
         json.dump(manifest, handle, indent=1, sort_keys=True)
     for path in work.glob("shard_*"):
         path.unlink()
+    (work / SPOOL_NAME).unlink(missing_ok=True)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .classifier import load_checkpoint
 from .embed import default_batch_tokens, embed_tokens
-from .errors import CheckpointError
+from .errors import CheckpointError, RunFailedError
 from .models import LoadedModel, compile_encoder_layers, load_dnabert_model, load_protein_model
 from .outputs import checkpoint_name
 from .shards import Shard
@@ -69,12 +69,28 @@ class Scorer:
 
     def probabilities(self, features: torch.Tensor) -> np.ndarray:
         """Softmax class probabilities, float32 (N, num_class)."""
-        out = np.empty((features.shape[0], self.meta["num_class"]), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, features.shape[0], MLP_BATCH_ROWS):
-                batch = features[start:start + MLP_BATCH_ROWS].to(self.device)
-                out[start:start + batch.shape[0]] = F.softmax(self.classifier(batch), dim=1).cpu().numpy()
-        return out
+        return classifier_probabilities(self.classifier, features, self.meta["num_class"], self.device)
+
+
+def classifier_probabilities(classifier: torch.nn.Module, features: torch.Tensor, num_class: int,
+                             device: torch.device) -> np.ndarray:
+    """Softmax class probabilities of a classifier (in eval mode), float32 (N, num_class), in batches."""
+    out = np.empty((features.shape[0], num_class), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, features.shape[0], MLP_BATCH_ROWS):
+            batch = features[start:start + MLP_BATCH_ROWS].to(device)
+            out[start:start + batch.shape[0]] = F.softmax(classifier(batch), dim=1).cpu().numpy()
+    return out
+
+
+def check_finite(probabilities: np.ndarray, shard: Shard) -> None:
+    """Stop the run (:class:`RunFailedError`) when a score of a shard is NaN or infinite; nothing is written."""
+    bad = ~np.isfinite(probabilities).all(axis=1)
+    if bad.any():
+        first = shard.frame_ids[int(np.flatnonzero(bad)[0])]
+        raise RunFailedError(f"shard {shard.index}: {int(bad.sum())} frame(s) got a non-finite score "
+                             f"(first {first}); nothing of this shard was written. The models or the "
+                             "device give NaN/Inf: check the checkpoint and language models (try --fp32)")
 
 
 def load_classifier(checkpoint_path: Path, length: int) -> tuple[torch.nn.Module, dict]:

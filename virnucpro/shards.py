@@ -1,23 +1,30 @@
 """Shards, the unit of streaming and resuming: records grouped, chunked and framed (no torch)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
 
 from . import ids
-from .fasta import FastaRecord, read_fasta
+from .fasta import FastaRecord
 from .frames import chunk_sequence, select_frames
 
 DEFAULT_SHARD_CHUNKS = 10000
+_RNA_AS_DNA = str.maketrans("U", "T")
 
 
 @dataclass
 class SequenceInfo:
+    """One record's part of a shard: all its chunks, or (a long record) ``chunk_ids`` from ``first_chunk``."""
+
     seq_id: str
     length: int
     chunk_ids: list[str]
+    first_chunk: int = 0
+    total_chunks: int = -1  # -1: the chunk_ids are all of them
+
+    @property
+    def whole(self) -> bool:
+        """True when this shard holds every chunk of the record."""
+        return self.first_chunk == 0 and self.total_chunks in (-1, len(self.chunk_ids))
 
 
 @dataclass
@@ -34,34 +41,38 @@ class Shard:
         return len(self.chunks)
 
 
-def iter_shards(input_path: Path, chunk_size: int, shard_chunks: int) -> Iterator[tuple[int, list[FastaRecord]]]:
-    """Group input records into shards of about ``shard_chunks`` chunks (whole records only)."""
-    batch: list[FastaRecord] = []
-    chunks = 0
-    index = 0
-    for record in read_fasta(input_path, alphabet="dna"):
-        batch.append(record)
-        chunks += max(1, math.ceil(len(record.seq) / chunk_size))
-        if chunks >= shard_chunks:
-            yield index, batch
-            index += 1
-            batch, chunks = [], 0
-    if batch:
-        yield index, batch
+def chunk_count(length: int, chunk_size: int) -> int:
+    """Chunks of a sequence of ``length`` bp (as :func:`chunk_sequence` cuts it; at least 1)."""
+    return max(1, -(-length // chunk_size))
 
 
-def preprocess_shard(index: int, records: list[FastaRecord], chunk_size: int) -> Shard:
-    """Chunk, translate and select frames for the records of one shard (CPU only)."""
+@dataclass(frozen=True)
+class RecordPiece:
+    """Chunks ``first_chunk .. first_chunk + chunk_count - 1`` (0-based) of a record of ``total_chunks``."""
+
+    record: FastaRecord
+    first_chunk: int
+    chunk_count: int
+    total_chunks: int
+
+
+def preprocess_shard(index: int, pieces: list[RecordPiece], chunk_size: int) -> Shard:
+    """Chunk, translate and select frames for the record pieces of one shard (CPU only).
+
+    RNA is read as DNA: ``U``/``u`` are translated and embedded as ``T``/``t`` (the
+    chunk FASTA keeps the input's letters).
+    """
     shard = Shard(index)
-    for record in records:
-        chunks = chunk_sequence(record.seq, chunk_size)
-        chunk_ids = [ids.chunk_id(record.id, k) for k in range(1, len(chunks) + 1)]
-        shard.sequences.append(SequenceInfo(record.id, len(record.seq), chunk_ids))
+    for piece in pieces:
+        record = piece.record
+        chunks = chunk_sequence(record.seq, chunk_size)[piece.first_chunk:piece.first_chunk + piece.chunk_count]
+        chunk_ids = [ids.chunk_id(record.id, piece.first_chunk + k) for k in range(1, len(chunks) + 1)]
+        shard.sequences.append(SequenceInfo(record.id, len(record.seq), chunk_ids, piece.first_chunk,
+                                            piece.total_chunks))
         shard.chunks.extend(zip(chunk_ids, chunks))
-    upper_chunks = [(chunk_id, chunk.upper()) for chunk_id, chunk in shard.chunks]
+    upper_chunks = [(chunk_id, chunk.upper().translate(_RNA_AS_DNA)) for chunk_id, chunk in shard.chunks]
     for frame_id, nucleotide, protein in select_frames(upper_chunks):
         shard.frame_ids.append(frame_id)
         shard.nucleotides.append(nucleotide)
         shard.proteins.append(protein)
     return shard
-
