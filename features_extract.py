@@ -17,8 +17,10 @@ split the DNABERT-S features (``output_{k}_DNABERT_S.pt``) and protein features
 
 DNABERT-S feature files left by the original pipeline are reused as they are when
 they hold the split's sequence ids; protein features are recomputed unless they were
-made by the same protein model for the same ids.  Merged files already made by the
-same models for the same split are kept unless ``--force``.
+made by the same protein model at the same revision for the same ids.  Merged files
+already made by the same models at the same revisions for the same split are kept
+unless ``--force``; every merged file records both models' revisions, so one merged set
+never mixes features of different weights.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from virnucpro.fasta import read_fasta, split_fasta_file
 from virnucpro.features import extract_DNABERT_S, extract_esm, load_dna_features, load_feature_object, merge_data
 from virnucpro.files import atomic_torch_save, open_text
 from virnucpro.models import resolve_device
+from virnucpro.provenance import REVISION_KEYS, resolve_model_revision
 
 log = logging.getLogger("virnucpro.features_extract")
 
@@ -264,11 +267,13 @@ def merged_is_current(split: Split, ids: list[str], args: argparse.Namespace) ->
     data = obj.get("data")
     current = (obj.get("dna_model") == str(args.dnabert_model)
                and obj.get("protein_model") == str(args.esm_model)
+               and obj.get(REVISION_KEYS["dna"]) == args.resolved_revisions["dna"]
+               and obj.get(REVISION_KEYS["protein"]) == args.resolved_revisions["protein"]
                and obj.get("labels") == label
                and isinstance(rows, list) and rows and set(rows) <= set(ids)
                and isinstance(data, torch.Tensor) and data.shape[0] == len(rows))
     if not current:
-        log.info("%s: made from other sequences or models; it is made again", split.merged)
+        log.info("%s: made from other sequences, models or model revisions; it is made again", split.merged)
     return bool(current)
 
 
@@ -301,13 +306,18 @@ def process_split(split: Split, args: argparse.Namespace, progress: bool) -> boo
     if not reusable_legacy_dna_features(split, ids):
         extract_DNABERT_S(split.nucleotide, split.dna_features, model_location=args.dnabert_model,
                                 device=args.device, batch_tokens=args.batch_tokens, progress=progress,
-                                precision=args.dna_precision)
+                                model_revision=args.dnabert_revision, precision=args.dna_precision)
     extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
                       out_file=split.protein_features, device=args.device,
-                      precision=args.protein_precision, progress=progress)
+                      precision=args.protein_precision, progress=progress, model_revision=args.esm_revision)
     merged = merge_data(split.dna_features, split.protein_features, None, split.kind)
     merged["dna_model"] = str(args.dnabert_model)
     merged["protein_model"] = str(args.esm_model)
+    for kind, revision in args.resolved_revisions.items():  # a reused original-pipeline DNA file records none
+        if merged.get(REVISION_KEYS[kind], revision) != revision:
+            raise FeatureFileError(f"{split.merged}: the {kind} features were made at revision "
+                                   f"{merged[REVISION_KEYS[kind]]} but the model is now at {revision}")
+        merged[REVISION_KEYS[kind]] = revision
     atomic_torch_save(merged, split.merged)
     log.info("%s: %d rows of width %d", split.merged, len(merged["ids"]), merged["data"].shape[1])
     return True
@@ -329,6 +339,9 @@ def run(args: argparse.Namespace) -> int:
     sources = find_sources(args.data_dir)
     progress = not args.quiet
     splits = select_splits(args.data_dir, sources, args.sequences_per_file, args.seed, progress)
+    args.resolved_revisions = {  # every merged file records these
+        "dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+        "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
     made = 0
     for split in tqdm(splits, desc="feature files", unit="file", disable=not progress):
         made += process_split(split, args, progress)

@@ -76,6 +76,9 @@ def build_parser() -> cli.CliArgumentParser:
                         help="keep the merged feature files in OUTDIR/features/")
     parser.add_argument("--force", action="store_true",
                         help="discard earlier results of this program in OUTDIR and start over")
+    parser.add_argument("--strict-models", action="store_true",
+                        help="refuse to run when the language models (their resolved revisions) differ from "
+                             "those the checkpoint was trained with, instead of warning")
     return parser
 
 
@@ -111,8 +114,12 @@ def prepare_outdir(outdir: Path) -> bool:
     return created
 
 
-def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -> dict:
-    """Everything that determines the output bytes, but the input's hash (the shard index has it)."""
+def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, revisions: dict[str, str]) -> dict:
+    """Everything that determines the output bytes, but the input's hash (the shard index has it).
+
+    ``revisions`` (``dna``/``protein`` -> resolved revision) identify the language-model
+    weights, so a resume with other weights at the same path is refused.
+    """
     import torch
 
     from virnucpro.embed import default_batch_tokens
@@ -126,6 +133,8 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -
         "checkpoint_sha256": file_sha256(checkpoint),
         "esm_model": str(args.esm_model),
         "dnabert_model": str(args.dnabert_model),
+        "esm_model_revision": revisions["protein"],
+        "dnabert_model_revision": revisions["dna"],
         "device_type": device_type,
         "protein_precision": resolve_precision("protein", args.protein_precision, torch.device(device_type)),
         "dna_precision": resolve_precision("dna", args.dna_precision, torch.device(device_type)),
@@ -134,6 +143,18 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str) -
         "shard_size": args.shard_size,
         "keep_features": bool(args.keep_features),
     }
+
+
+def model_revisions(args: argparse.Namespace, checkpoint: Path, meta: dict) -> dict[str, str]:
+    """The two models' resolved revisions, checked against the checkpoint's (``--strict-models``: refused)."""
+    from virnucpro.provenance import check_against_checkpoint, resolve_model_revision
+
+    revisions = {"dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+                 "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
+    check_against_checkpoint(checkpoint, meta, {"dna": (str(args.dnabert_model), revisions["dna"]),
+                                                "protein": (str(args.esm_model), revisions["protein"])},
+                             args.strict_models)
+    return revisions
 
 
 def check_length(length: int) -> None:
@@ -200,8 +221,9 @@ def _predict_locked(args: argparse.Namespace, source: InputSource) -> int:
     checkpoint = find_checkpoint(args.model, args.length)
     classifier, meta = load_classifier(checkpoint, args.length)
     device = resolve_device(args.device)
+    revisions = model_revisions(args, checkpoint, meta)
     stem = output_stem(source)
-    settings = run_settings(args, checkpoint, device.type)
+    settings = run_settings(args, checkpoint, device.type, revisions)
 
     def get_index(work: Path):
         # One pass validates the whole input, so bad records are reported before models load.
@@ -215,7 +237,7 @@ def _predict_locked(args: argparse.Namespace, source: InputSource) -> int:
         return cli.EXIT_OK
     scorer = load_scorer(checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
                          esm_model=args.esm_model, protein_precision=args.protein_precision,
-                         dna_precision=args.dna_precision, compile_layers=args.compile,
+                         dna_precision=args.dna_precision, compile_layers=args.compile, revisions=revisions,
                          batch_tokens=args.batch_tokens, progress=not args.quiet)
     features_dir = args.outdir / outputs.FEATURES_DIR_NAME if args.keep_features else None
 

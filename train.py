@@ -173,6 +173,8 @@ class TrainingData:
     protein_dim: int
     dna_model: str | None = None
     protein_model: str | None = None
+    dna_model_revision: str | None = None
+    protein_model_revision: str | None = None
     has_ids: bool = True
     rows_per_file: list[int] = field(default_factory=list)
     ids: list[str] | None = None    # the row ids (None when a file records none)
@@ -308,7 +310,7 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
             elif file_dims != dims:
                 raise FeatureFileError(f"{path}: dna_dim/protein_dim {file_dims} differ from {dims} in "
                                              f"{dims_file}")
-        for key in ("dna_model", "protein_model"):
+        for key in ("dna_model", "protein_model", "dna_model_revision", "protein_model_revision"):
             value = obj.get(key)
             if value is None:
                 continue
@@ -359,6 +361,8 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
                         files=[p for p, _, _ in blocks], dna_dim=dims[0], protein_dim=dims[1],
                         dna_model=names.get("dna_model", (None,))[0],
                         protein_model=names.get("protein_model", (None,))[0],
+                        dna_model_revision=names.get("dna_model_revision", (None,))[0],
+                        protein_model_revision=names.get("protein_model_revision", (None,))[0],
                         has_ids=has_ids, rows_per_file=[int(d.shape[0]) for _, _, d in blocks],
                         ids=row_ids if has_ids else None)
 
@@ -678,13 +682,16 @@ def run(args: argparse.Namespace) -> int:
         }
         save_checkpoint(out_path, model, dna_model=dna_model, dna_dim=data.dna_dim,
                               protein_model=protein_model, protein_dim=data.protein_dim,
-                              chunk_size=args.chunk_size, metrics=metrics)
+                              chunk_size=args.chunk_size, metrics=metrics,
+                              dna_model_revision=data.dna_model_revision,
+                              protein_model_revision=data.protein_model_revision)
         report = {
             "checkpoint": str(out_path),
             "best": metrics,
             "input_dim": data.input_dim,
             "dna_model": dna_model, "dna_dim": data.dna_dim,
             "protein_model": protein_model, "protein_dim": data.protein_dim,
+            "dna_model_revision": data.dna_model_revision, "protein_model_revision": data.protein_model_revision,
             "chunk_size": args.chunk_size,
             "data": {"dir": str(args.data_dir), "files": len(data.files), "rows": n_rows, "viral_rows": n_viral,
                      "train_rows": int(len(train_rows)), "test_rows": int(len(test_rows)),

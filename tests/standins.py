@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised stand-ins for the two remote-code language models.
+"""Tiny, randomly initialised stand-ins for the language models.
 
 Nothing here is copied from the real models: the source files below are small models
 written for the tests that have the same *interfaces* as the real ones, and they are
@@ -19,6 +19,13 @@ loaded through the same path as the real ones,
   the code by hub id when triton is absent (unless ``units`` works around it).  The stand-in
   ``flash_attn_qkvpacked_func`` raises on CPU tensors, as the real Triton kernel asserts.
   The tokenizer is a ``PreTrainedTokenizerFast`` (small BPE over DNA, ``[CLS] $A [SEP]``).
+  Like the real model, the encoder builds its ALiBi tensor in ``__init__`` (a plain attribute
+  from ``torch.arange`` and a legacy ``torch.Tensor(list)``), so transformers 5's meta-device
+  ``from_pretrained`` fails on it with "Tensor on device meta is not on the expected device cpu".
+
+* ESM-2 stand-in (real: ``facebook/esm2_t33_650M_UR50D`` and kin): a tiny plain
+  ``transformers.EsmModel`` (no remote code, no ``tokenizer`` attribute) with an
+  ``EsmTokenizer`` saved beside it.
 
 ``install_fake_hub`` lays such directories out as an offline Hugging Face cache
 (``HF_HOME/hub/models--owner--name/{refs/main, snapshots/<sha>/...}``) so the default hub
@@ -214,7 +221,7 @@ class BertConfig(PretrainedConfig):
     def __init__(self, vocab_size=100, hidden_size=768, num_hidden_layers=1, num_attention_heads=4,
                  intermediate_size=96, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                  max_position_embeddings=512, type_vocab_size=2, initializer_range=0.05,
-                 layer_norm_eps=1e-12, pad_token_id=3, **kwargs):
+                 layer_norm_eps=1e-12, pad_token_id=3, alibi_starting_size=512, **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
@@ -227,6 +234,7 @@ class BertConfig(PretrainedConfig):
         self.type_vocab_size = type_vocab_size
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
+        self.alibi_starting_size = alibi_starting_size
 '''
 
 DNABERT_MODELING = '''\
@@ -246,7 +254,7 @@ except ImportError:
 
 
 def _alibi_slopes(num_heads):
-    return torch.tensor([2.0 ** (-8.0 * (i + 1) / num_heads) for i in range(num_heads)])
+    return [2.0 ** (-8.0 * (i + 1) / num_heads) for i in range(num_heads)]
 
 
 class BertEmbeddings(nn.Module):
@@ -299,6 +307,46 @@ class BertLayer(nn.Module):
         return self.mlp_norm(hidden + self.dropout(self.wo(mlp)))
 
 
+class BertEncoder(nn.Module):
+    """The layers plus the ALiBi bias, which is made HERE, in __init__, as the real model makes it.
+
+    As in the real ``bert_layers.py``: a plain tensor attribute (not a registered buffer) built
+    from ``torch.arange(size, device=device)`` (which follows the default device) and a legacy
+    ``torch.Tensor(list)`` of slopes (always on the CPU); rebuilt when a longer input comes,
+    moved to the input's device on first use.  Under a meta-device model init (transformers 5)
+    the two tensors meet on different devices and __init__ fails.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+        self.num_attention_heads = config.num_attention_heads
+        self._alibi_size = int(config.alibi_starting_size)
+        self.build_alibi(self._alibi_size)
+
+    def build_alibi(self, size, device=None):
+        positions = torch.arange(size, device=device)
+        distance = (positions[None, :] - positions[:, None]).abs()
+        slopes = torch.Tensor(_alibi_slopes(self.num_attention_heads)).to(device)
+        self.alibi = (slopes[:, None, None] * -distance[None]).unsqueeze(0)  # (1, heads, size, size)
+        self._alibi_size = size
+
+    def forward(self, hidden, attention_mask):
+        length = hidden.shape[1]
+        if length > self._alibi_size:
+            self.build_alibi(length, hidden.device)
+        elif self.alibi.device != hidden.device:
+            self.alibi = self.alibi.to(hidden.device)
+        # As in the real code the bias added to the scores stays float32 (model.half() does not
+        # touch a plain attribute), so 16-bit weights alone fail in attention (autocast fixes it).
+        bias = self.alibi[:, :, :length, :length].to(torch.float32)
+        keys = attention_mask.to(torch.bool)[:, None, None, :]
+        bias = bias.masked_fill(~keys, torch.finfo(torch.float32).min)
+        for layer in self.layer:
+            hidden = layer(hidden, bias)
+        return hidden
+
+
 class BertPreTrainedModel(PreTrainedModel):
     config_class = BertConfig
     base_model_prefix = "bert"
@@ -320,7 +368,7 @@ class BertModel(BertPreTrainedModel):
     def __init__(self, config, add_pooling_layer=True):
         super().__init__(config)
         self.embeddings = BertEmbeddings(config)
-        self.encoder = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+        self.encoder = BertEncoder(config)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
         self.post_init()
 
@@ -333,18 +381,7 @@ class BertModel(BertPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        length = input_ids.shape[1]
-        hidden = self.embeddings(input_ids, token_type_ids)
-        # Like the real code, the ALiBi tensor is a plain float32 attribute-style tensor (not a
-        # buffer, so model.half() leaves it float32) and the bias added to the scores stays float32.
-        positions = torch.arange(length, device=input_ids.device)
-        distance = (positions[None, :] - positions[:, None]).abs().to(torch.float32)
-        slopes = _alibi_slopes(self.config.num_attention_heads).to(device=hidden.device, dtype=torch.float32)
-        bias = -slopes[:, None, None] * distance[None, :, :]
-        keys = attention_mask.to(torch.bool)[:, None, None, :]
-        bias = bias[None].masked_fill(~keys, torch.finfo(torch.float32).min)
-        for layer in self.encoder:
-            hidden = layer(hidden, bias)
+        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
         hidden = hidden * attention_mask.to(hidden.dtype).unsqueeze(-1)
         pooled = torch.tanh(self.pooler(hidden[:, 0])) if self.pooler is not None else None
         return hidden, pooled
@@ -469,6 +506,32 @@ def build_dnabert_standin(directory: str | os.PathLike, *, num_heads: int = 4, i
     return directory
 
 
+def build_esm2_standin(directory: str | os.PathLike, *, hidden_size: int = 32, num_layers: int = 2,
+                       num_heads: int = 4, seed: int = 0) -> Path:
+    """Write a tiny plain ``transformers.EsmModel`` (no remote code, like facebook/esm2_*) and its EsmTokenizer."""
+    import torch
+    from transformers import EsmConfig, EsmModel, EsmTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(ESM_VOCAB) + "\n")
+    EsmTokenizer(str(directory / "vocab.txt")).save_pretrained(str(directory))
+    config = EsmConfig(vocab_size=len(ESM_VOCAB), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                       num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
+                       max_position_embeddings=1026, position_embedding_type="rotary", token_dropout=True,
+                       emb_layer_norm_before=False, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0, pad_token_id=ESM_VOCAB.index("<pad>"),
+                       mask_token_id=ESM_VOCAB.index("<mask>"), architectures=["EsmModel"])
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = EsmModel(config)
+    finally:
+        torch.random.set_rng_state(state)
+    model.eval().save_pretrained(str(directory), safe_serialization=True)
+    return directory
+
+
 def copy_model_dir(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """A copy of a stand-in directory under another name (a fresh remote-code module for transformers)."""
     target = Path(target)
@@ -482,8 +545,8 @@ def copy_model_dir(source: str | os.PathLike, target: str | os.PathLike) -> Path
 
 
 def add_to_fake_hub(hub_cache: str | os.PathLike, repo_id: str, source_dir: str | os.PathLike,
-                    sha: str | None = None) -> Path:
-    """Lay ``source_dir`` out as ``hub_cache/models--owner--name`` (refs/main + snapshots/<sha>)."""
+                    sha: str | None = None, ref: str = "main") -> Path:
+    """Lay ``source_dir`` out as ``hub_cache/models--owner--name`` (refs/<ref> + snapshots/<sha>)."""
     import hashlib
 
     sha = sha or FAKE_SHAS.get(repo_id) or hashlib.sha1(repo_id.encode()).hexdigest()
@@ -491,7 +554,7 @@ def add_to_fake_hub(hub_cache: str | os.PathLike, repo_id: str, source_dir: str 
     snapshot = repo / "snapshots" / sha
     snapshot.mkdir(parents=True, exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(sha)
+    (repo / "refs" / ref).write_text(sha)
     for item in Path(source_dir).iterdir():
         if item.is_file():
             target = snapshot / item.name

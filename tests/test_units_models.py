@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ import standins
 import units
 import virnucpro.embed
 import virnucpro.models
+from virnucpro import provenance
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +161,14 @@ def test_model_directory_without_weights_raises_model_load_error(esm_model_dir, 
 
 
 def test_triton_attention_is_disabled(monkeypatch, tmp_path, dnabert_model_dir, dna):
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
     for name, module in standins.fake_triton_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
     copy = standins.copy_model_dir(dnabert_model_dir, tmp_path / f"dnabert_triton_{uuid.uuid4().hex[:8]}")
-    raw = AutoModel.from_pretrained(str(copy), trust_remote_code=True)
+    config = AutoConfig.from_pretrained(str(copy), trust_remote_code=True)
+    raw = AutoModel.from_config(config, trust_remote_code=True)  # the remote code as it is, real init
     module = sys.modules[type(raw).__module__]
     assert module.flash_attn_qkvpacked_func is not None  # the stand-in took the Triton path
     ids = torch.tensor([dna.tokenizer("ACGTTGCA")["input_ids"]])
@@ -362,17 +365,21 @@ def test_extract_esm_reuses_only_valid_matching_out_file(esm, esm_model_dir, tmp
     out = tmp_path / "p.pt"
     location = str(esm_model_dir)
     ids, real = units.extract_esm(fasta, model_location=location, out_file=out, device="cpu", progress=False)
-    name = torch.load(out, weights_only=True)["model"]
+    written = torch.load(out, weights_only=True)
+    name, revision = written["model"], written["model_revision"]
+    assert revision == provenance.resolve_model_revision(location) and revision.startswith("sha256:")
 
     def run() -> torch.Tensor:
         return units.extract_esm(fasta, model_location=location, out_file=out, device="cpu", progress=False)[1]
 
     sentinel = torch.zeros(4, 64)
-    torch.save({"proteins": ids, "data": sentinel, "model": name}, out)
-    torch.testing.assert_close(run(), sentinel)  # valid file of the same model and ids: reused
+    torch.save({"proteins": ids, "data": sentinel, "model": name, "model_revision": revision}, out)
+    torch.testing.assert_close(run(), sentinel)  # valid file of the same model, revision and ids: reused
 
     for stale in (
         {"proteins": ids, "data": sentinel, "model": "some/other-model"},       # another model
+        {"proteins": ids, "data": sentinel, "model": name},                      # revision not recorded
+        {"proteins": ids, "data": sentinel, "model": name, "model_revision": "sha256:" + "0" * 64},
         {"proteins": ids[::-1], "data": sentinel, "model": name},                # other ids / order
         {"proteins": ids[:3], "data": sentinel[:3], "model": name},             # fewer ids
         {"proteins": ids, "data": [t for t in sentinel]},                        # original format, no model
@@ -382,6 +389,7 @@ def test_extract_esm_reuses_only_valid_matching_out_file(esm, esm_model_dir, tmp
         torch.save(stale, out)
         torch.testing.assert_close(run(), real, atol=1e-5, rtol=0)
         assert torch.load(out, weights_only=True)["model"] == name
+        assert torch.load(out, weights_only=True)["model_revision"] == revision
     out.write_bytes(b"not a torch file")
     torch.testing.assert_close(run(), real, atol=1e-5, rtol=0)
 
@@ -392,14 +400,18 @@ def test_extract_dnabert_reuses_only_valid_matching_out_file(dna, dnabert_model_
     out = tmp_path / "n.pt"
     location = str(dnabert_model_dir)
     ids, real = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)
-    name = torch.load(out, weights_only=True)["model"]
+    written = torch.load(out, weights_only=True)
+    name, revision = written["model"], written["model_revision"]
+    assert revision == provenance.resolve_model_revision(location)
     sentinel = torch.zeros(3, 768)
-    torch.save({"nucleotide": ids, "data": sentinel, "model": name}, out)
+    torch.save({"nucleotide": ids, "data": sentinel, "model": name, "model_revision": revision}, out)
     got = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)[1]
     torch.testing.assert_close(got, sentinel)
-    torch.save({"nucleotide": ids, "data": sentinel, "model": "other"}, out)
-    got = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)[1]
-    torch.testing.assert_close(got, real, atol=1e-5, rtol=0)
+    for stale in ({"nucleotide": ids, "data": sentinel, "model": "other", "model_revision": revision},
+                  {"nucleotide": ids, "data": sentinel, "model": name, "model_revision": "f" * 40}):
+        torch.save(stale, out)
+        got = units.extract_DNABERT_S(fasta, out, model_location=location, device="cpu", progress=False)[1]
+        torch.testing.assert_close(got, real, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["protein", "dna"])
@@ -427,3 +439,229 @@ def test_corrupt_weights_file_raises_model_load_error(kind, esm_model_dir, dnabe
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(units.ModelLoadError, match=f"{kind}_corrupt_weights"):
         loader(str(broken), "cpu")
+
+
+# ---------------------------------------------------------------------------
+# transformers 4 and 5
+# ---------------------------------------------------------------------------
+
+TRANSFORMERS_MAJOR = int(__import__("transformers").__version__.split(".")[0])
+
+
+def test_dnabert_standin_fails_in_plain_from_pretrained_of_transformers_5_as_upstream(dnabert_model_dir, tmp_path,
+                                                                                      monkeypatch):
+    """The stand-in makes its ALiBi tensor in __init__ like the real DNABERT-S; the project loads it anyway."""
+    from transformers import AutoModel
+
+    copy = standins.copy_model_dir(dnabert_model_dir, tmp_path / f"dnabert_raw_{uuid.uuid4().hex[:8]}")
+    if TRANSFORMERS_MAJOR >= 5:
+        with pytest.raises(RuntimeError, match="Tensor on device meta is not on the expected device cpu"):
+            AutoModel.from_pretrained(str(copy), trust_remote_code=True)
+    else:
+        assert AutoModel.from_pretrained(str(copy), trust_remote_code=True).encoder.alibi.device.type == "cpu"
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
+    alibi = units.load_dnabert_model(str(copy), "cpu").model.encoder.alibi
+    assert alibi.device.type == "cpu" and torch.isfinite(alibi).all() and alibi.abs().max() > 0
+
+
+@pytest.mark.parametrize("real_init", [False, True], ids=["from_pretrained", "from_config"])
+@pytest.mark.parametrize("kind", ["protein", "dna"])
+def test_both_loading_paths_equal_a_model_built_by_hand(kind, real_init, esm_model_dir, dnabert_model_dir,
+                                                         monkeypatch):
+    """Whichever path loads it, the model equals its class built on the CPU with the saved weights."""
+    import transformers
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
+    monkeypatch.setattr(virnucpro.models, "_builds_on_meta_device", lambda: real_init)
+    source, loader = (esm_model_dir, units.load_protein_model) if kind == "protein" else \
+        (dnabert_model_dir, units.load_dnabert_model)
+    if kind == "dna" and not real_init and TRANSFORMERS_MAJOR >= 5:  # the upstream failure, said clearly
+        with pytest.raises(units.ModelLoadError) as err:
+            loader(str(source), "cpu")
+        message = str(err.value)
+        assert f"transformers {transformers.__version__} is installed" in message and ">=4.47,<6" in message
+        assert "damaged" not in message
+        return
+    loaded = loader(str(source), "cpu")
+    reference = type(loaded.model)(loaded.model.config)
+    reference.load_state_dict(load_file(str(source / "model.safetensors")), strict=True)
+    reference.eval()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    by_hand = units.LoadedModel("by hand", reference, loaded.tokenizer, loaded.device, loaded.dtype, loaded.hidden_size)
+    if kind == "protein":
+        proteins = random_proteins(5, 21)
+        torch.testing.assert_close(units.embed_proteins(proteins, loaded), units.embed_proteins(proteins, by_hand),
+                                   atol=0, rtol=0)
+    else:
+        seqs = random_dnas(5, 21)
+        torch.testing.assert_close(units.embed_dna(seqs, loaded), units.embed_dna(seqs, by_hand), atol=0, rtol=0)
+
+
+def test_from_config_path_takes_prefixed_keys_and_refuses_missing_weights(dna, dnabert_model_dir, tmp_path,
+                                                                         monkeypatch):
+    """Checkpoints saved from a model with a head ("bert." keys) load; a missing weight is an error."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setattr(virnucpro.models, "_builds_on_meta_device", lambda: True)
+    state = load_file(str(dnabert_model_dir / "model.safetensors"))
+    prefixed = standins.copy_model_dir(dnabert_model_dir, tmp_path / f"dnabert_prefixed_{uuid.uuid4().hex[:8]}")
+    save_file({f"bert.{k}": v for k, v in state.items()}, str(prefixed / "model.safetensors"), metadata={"format": "pt"})
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
+    seqs = random_dnas(3, 23)
+    torch.testing.assert_close(units.embed_dna(seqs, units.load_dnabert_model(str(prefixed), "cpu")),
+                               units.embed_dna(seqs, dna), atol=0, rtol=0)
+    lacking = standins.copy_model_dir(dnabert_model_dir, tmp_path / f"dnabert_lacking_{uuid.uuid4().hex[:8]}")
+    save_file({k: v for k, v in state.items() if "pooler" not in k}, str(lacking / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(units.ModelLoadError, match="lacks .* weights .*pooler.*incomplete or damaged"):
+        units.load_dnabert_model(str(lacking), "cpu")
+
+
+CROSS_MAJOR_PROTEINS = ["MKVLAWTTQ", "ACDEFGHIKLMNPQRSTVWY" * 3, "MSTNPKPQRKTKRNTNRRPQDVKFPGG"]
+CROSS_MAJOR_DNA = ["ACGTACGTTAGC" * 20, "GGCATTACAGATTACA" * 9, "TTGACA"]
+
+
+def test_embeddings_identical_under_both_transformers_majors(monkeypatch):
+    """With VIRNUCPRO_CROSS_MAJOR_DIR set (.ci/run sets it for both environments), the first
+    environment builds the stand-ins there and records their embeddings; an environment with
+    the other transformers major loads the same directories and must give identical numbers."""
+    import os
+
+    import transformers
+
+    folder = os.environ.get("VIRNUCPRO_CROSS_MAJOR_DIR")
+    if not folder:
+        pytest.skip("set VIRNUCPRO_CROSS_MAJOR_DIR to the same folder in two environments (see .ci/run)")
+    folder = Path(folder)
+    record = folder / "embeddings.pt"
+    dirs = {"esm": folder / "fastesm", "esm2": folder / "esm2", "dna": folder / "dnabert"}
+    if not record.exists():
+        standins.build_fastesm_standin(dirs["esm"], seed=3)
+        standins.build_esm2_standin(dirs["esm2"], seed=3)
+        standins.build_dnabert_standin(dirs["dna"], seed=3)
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
+    got = {"esm": units.embed_proteins(CROSS_MAJOR_PROTEINS, units.load_protein_model(str(dirs["esm"]), "cpu")),
+           "esm2": units.embed_proteins(CROSS_MAJOR_PROTEINS, units.load_protein_model(str(dirs["esm2"]), "cpu")),
+           "dna": units.embed_dna(CROSS_MAJOR_DNA, units.load_dnabert_model(str(dirs["dna"]), "cpu"))}
+    if not record.exists():
+        torch.save({"transformers": transformers.__version__, **got}, record)
+        return
+    stored = torch.load(record, weights_only=True)
+    for name, value in got.items():
+        torch.testing.assert_close(value, stored[name], atol=1e-6, rtol=0,
+                                   msg=f"{name}: transformers {transformers.__version__} vs {stored['transformers']}")
+
+
+# ---------------------------------------------------------------------------
+# loading errors say what is wrong
+# ---------------------------------------------------------------------------
+
+
+def test_directory_without_config_or_weights_says_which(esm_model_dir, tmp_path):
+    no_config = standins.copy_model_dir(esm_model_dir, tmp_path / "no_config")
+    (no_config / "config.json").unlink()
+    with pytest.raises(units.ModelLoadError, match="no_config.*has no config.json"):
+        units.load_protein_model(str(no_config), "cpu")
+    no_weights = standins.copy_model_dir(esm_model_dir, tmp_path / "no_weights")
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(units.ModelLoadError, match="no_weights.*has no weights"):
+        units.load_protein_model(str(no_weights), "cpu")
+
+
+@pytest.mark.parametrize("kind", ["protein", "dna"])
+def test_damaged_weights_say_damaged(kind, esm_model_dir, dnabert_model_dir, tmp_path):
+    source, loader = (esm_model_dir, units.load_protein_model) if kind == "protein" else \
+        (dnabert_model_dir, units.load_dnabert_model)
+    broken = standins.copy_model_dir(source, tmp_path / f"{kind}_damaged")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(units.ModelLoadError, match="incomplete or damaged"):
+        loader(str(broken), "cpu")
+
+
+def test_incompatible_transformers_names_installed_version_and_range(esm_model_dir, monkeypatch):
+    import transformers
+
+    def code_failure(*args, **kwargs):
+        raise ImportError("cannot import name 'SomethingNew' from 'transformers'")
+
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
+    monkeypatch.setattr(virnucpro.models, "load_pretrained", code_failure)
+    monkeypatch.setattr(transformers, "__version__", "6.1.0")
+    with pytest.raises(units.ModelLoadError) as err:
+        units.load_protein_model(str(esm_model_dir), "cpu")
+    message = str(err.value)
+    assert "SomethingNew" in message and "transformers 6.1.0 is installed" in message
+    assert "needs transformers>=4.47,<6" in message and "damaged" not in message
+
+
+# ---------------------------------------------------------------------------
+# plain ESM-2 models (facebook/esm2_*)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def esm2_model_dir(tmp_path_factory) -> Path:
+    """A tiny plain EsmModel (32-d, no remote code) with its EsmTokenizer."""
+    return standins.build_esm2_standin(tmp_path_factory.mktemp("esm2_standin"))
+
+
+@pytest.fixture(scope="module")
+def esm2(esm2_model_dir):
+    return units.load_protein_model(str(esm2_model_dir), "cpu")
+
+
+def test_plain_esm2_loads_with_its_tokenizer(esm2):
+    from transformers import EsmModel, EsmTokenizer
+
+    assert type(esm2.model) is EsmModel and isinstance(esm2.tokenizer, EsmTokenizer)
+    assert esm2.hidden_size == 32 and esm2.revision.startswith("sha256:")
+
+
+def test_plain_esm2_embeddings_equal_a_manual_computation(esm2, esm2_model_dir):
+    from safetensors.torch import load_file
+    from transformers import EsmConfig, EsmModel
+
+    model = EsmModel(EsmConfig.from_pretrained(str(esm2_model_dir)))
+    state = load_file(str(esm2_model_dir / "model.safetensors"))  # transformers 5 saves LayerNorm gamma/beta
+    model.load_state_dict({re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k)): v
+                           for k, v in state.items()})
+    model.eval()
+    proteins = random_proteins(7, 31)
+    expected = []
+    for protein in proteins:
+        ids = [0, *[standins.ESM_VOCAB.index(a) for a in protein], 2]  # <cls> residues <eos>
+        with torch.no_grad():
+            hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        expected.append(hidden[1:len(protein) + 1].mean(0))
+    got = units.embed_proteins(proteins, esm2, batch_tokens=300)
+    assert got.shape == (7, 32)
+    torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
+
+
+def test_prediction_and_features_run_with_a_plain_esm2(esm2, esm2_model_dir, dna, dnabert_model_dir, tmp_path,
+                                                       golden_dir):
+    import prediction
+
+    proteins = random_proteins(3, 41)
+    fasta = write_fasta(tmp_path / "p.faa", [(f"p{i}", p) for i, p in enumerate(proteins)])
+    ids, data = units.extract_esm(fasta, model_location=str(esm2_model_dir), out_file=tmp_path / "p.pt",
+                                  device="cpu", progress=False)
+    assert data.shape == (3, 32)
+    torch.testing.assert_close(data, units.embed_proteins(proteins, esm2))
+
+    torch.manual_seed(11)
+    classifier = units.MLPClassifier(768 + 32).eval()
+    checkpoint = tmp_path / "300_model.pth"
+    units.save_checkpoint(checkpoint, classifier, dna_model=str(dnabert_model_dir), dna_dim=768,
+                          protein_model=str(esm2_model_dir), protein_dim=32, chunk_size=300)
+    reads = tmp_path / "reads.fa"
+    reads.write_text("".join((golden_dir / "reads.fa").read_text().splitlines(True)[:8]))
+    out = tmp_path / "out"
+    assert prediction.main([str(reads), "300", str(out), "--model", str(checkpoint), "--esm-model",
+                            str(esm2_model_dir), "--dnabert-model", str(dnabert_model_dir), "--device", "cpu",
+                            "-q"]) == 0
+    rows = (out / "prediction_results.txt").read_text().splitlines()
+    assert len(rows) > 1 and rows[0].split("\t") == ["Sequence_ID", "Prediction", "score1", "score2"]

@@ -55,8 +55,13 @@ CHECKPOINT_KEYS = ("state_dict", "input_dim", "hidden_dim", "num_class", "dna_mo
 
 def save_checkpoint(path: str | os.PathLike, model: MLPClassifier, *, dna_model: str, dna_dim: int,
                     protein_model: str, protein_dim: int, chunk_size: int,
-                    metrics: dict[str, Any] | None = None, label_map: dict[int, str] | None = None) -> dict:
-    """Save a classifier as a plain dict (loadable with ``weights_only=True``), atomically."""
+                    metrics: dict[str, Any] | None = None, label_map: dict[int, str] | None = None,
+                    dna_model_revision: str | None = None, protein_model_revision: str | None = None) -> dict:
+    """Save a classifier as a plain dict (loadable with ``weights_only=True``), atomically.
+
+    The ``*_model_revision`` arguments record the exact language-model weights the features
+    came from (see :mod:`virnucpro.provenance`); prediction.py compares them with its models.
+    """
     input_dim = model.hidden_layer.in_features
     if input_dim != dna_dim + protein_dim:
         raise ValueError(f"model input {input_dim} != dna_dim {dna_dim} + protein_dim {protein_dim}")
@@ -69,6 +74,8 @@ def save_checkpoint(path: str | os.PathLike, model: MLPClassifier, *, dna_model:
         "dna_dim": int(dna_dim),
         "protein_model": str(protein_model),
         "protein_dim": int(protein_dim),
+        "dna_model_revision": str(dna_model_revision) if dna_model_revision else None,
+        "protein_model_revision": str(protein_model_revision) if protein_model_revision else None,
         "chunk_size": int(chunk_size),
         "label_map": {int(k): str(v) for k, v in (label_map or LABEL_MAP).items()},
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -70,8 +70,14 @@ class CliArgumentParser(argparse.ArgumentParser):
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The language-model options shared by the scripts that embed sequences."""
     group = parser.add_argument_group("language models")
-    group.add_argument("--esm-model", default=FASTESM_MODEL, help="protein language model: hub id or local directory")
+    group.add_argument("--esm-model", default=FASTESM_MODEL,
+                       help="protein language model: FastESM2 or any ESM-2 model (e.g. "
+                            "facebook/esm2_t36_3B_UR50D), as a hub id or local directory")
+    group.add_argument("--esm-revision", default=None, metavar="REV",
+                       help="hub branch, tag or commit of --esm-model (default: the latest, recorded as a commit)")
     group.add_argument("--dnabert-model", default=DNABERT_S_MODEL, help="DNA language model: hub id or local directory")
+    group.add_argument("--dnabert-revision", default=None, metavar="REV",
+                       help="hub branch, tag or commit of --dnabert-model (default: the latest, recorded as a commit)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--protein-precision", choices=PROTEIN_PRECISIONS, default=None,
                        help=f"protein model precision (default: fp32 on the CPU, {CUDA_PROTEIN_PRECISION} on CUDA)")

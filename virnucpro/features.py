@@ -1,10 +1,15 @@
 """The feature-file formats: the one reader, writer and validator of each.
 
-- DNABERT-S: ``{'nucleotide': ids, 'data': tensor(N, 768), 'model'}`` (the original
-  list of ``{'label', 'mean_representation'}`` dicts is read too);
-- protein: ``{'proteins': ids, 'data': tensor(N, D), 'model'}`` (original lists too);
+- DNABERT-S: ``{'nucleotide': ids, 'data': tensor(N, 768), 'model', 'model_revision'}``
+  (the original list of ``{'label', 'mean_representation'}`` dicts is read too);
+- protein: ``{'proteins': ids, 'data': tensor(N, D), 'model', 'model_revision'}``
+  (original lists too);
 - merged: ``{'ids', 'data': tensor(N, dna_dim + protein_dim), 'dna_dim',
-  'protein_dim', 'labels'}``; ``ids`` lists exactly the rows of ``data``.
+  'protein_dim', 'labels', 'dna_model_revision', 'protein_model_revision'}``; ``ids``
+  lists exactly the rows of ``data``.
+
+``model_revision`` is the resolved revision of :mod:`virnucpro.provenance`; a feature
+file is reused only for the same model at the same revision.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from .errors import FeatureFileError
 from .fasta import read_fasta
 from .files import atomic_torch_save
 from .models import load_dnabert_model, load_protein_model, model_name_of, wrap_loaded_model
+from .provenance import REVISION_KEYS, resolve_model_revision, revision_of_loaded
 
 log = logging.getLogger("virnucpro")
 
@@ -100,8 +106,9 @@ def _fasta_ids_and_seqs(path: str | os.PathLike, alphabet: str) -> tuple[list[st
     return ids, seqs
 
 
-def _reusable(out_file: str | os.PathLike | None, id_key: str, ids: list[str], model_name: str) -> torch.Tensor | None:
-    """Return the data of ``out_file`` if it holds features of ``model_name`` for exactly ``ids``."""
+def _reusable(out_file: str | os.PathLike | None, id_key: str, ids: list[str], model_name: str,
+              revision: str | None) -> torch.Tensor | None:
+    """Return the data of ``out_file`` if it holds features of ``model_name`` at ``revision`` for exactly ``ids``."""
     if out_file is None or not Path(out_file).is_file():
         return None
     try:
@@ -112,6 +119,10 @@ def _reusable(out_file: str | os.PathLike | None, id_key: str, ids: list[str], m
     if obj.get("model") != model_name or stored_ids != ids or not torch.isfinite(data).all():
         log.info("recomputing %s: made by another model or for other sequences", out_file)
         return None
+    if obj.get("model_revision") != revision:
+        log.info("recomputing %s: made by another revision of %s (%s, now %s)", out_file, model_name,
+                 obj.get("model_revision") or "unrecorded", revision)
+        return None
     return data
 
 
@@ -119,15 +130,20 @@ def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike
                       model_loaded: bool = False, tokenizer: Any = None, model: Any = None, *,
                       model_location: str = DNABERT_S_MODEL, device: str | torch.device | None = "auto",
                       batch_tokens: int | None = DEFAULT_BATCH_TOKENS, progress: bool = True,
-                      precision: str | None = None) -> tuple[list[str], torch.Tensor]:
+                      model_revision: str | None = None, precision: str | None = None) -> tuple[list[str], torch.Tensor]:
     """Embed every sequence of a nucleotide FASTA with DNABERT-S; save and return ``(ids, data)``.
 
     With ``model_loaded=True`` the given ``model``/``tokenizer`` are used as they are
-    (on the device they sit on).  ``out_file`` is written as
-    ``{'nucleotide': ids, 'data': tensor(N, 768), 'model': ...}``.
+    (on the device they sit on); ``model_revision`` pins a hub revision otherwise.
+    ``out_file`` is written as ``{'nucleotide': ids, 'data': tensor(N, 768), 'model': ...,
+    'model_revision': ...}``.
     """
     ids, seqs = _fasta_ids_and_seqs(input_file, "dna")
-    reused = _reusable(out_file, "nucleotide", ids, model_location if not model_loaded else model_name_of(model, model_location))
+    if model_loaded:
+        name, revision = model_name_of(model, model_location), revision_of_loaded(model, model_location)
+    else:
+        name, revision = str(model_location), resolve_model_revision(model_location, model_revision, kind="DNA")
+    reused = _reusable(out_file, "nucleotide", ids, name, revision)
     if reused is not None:
         return ids, reused
     if model_loaded:
@@ -135,10 +151,11 @@ def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike
             raise ValueError("model_loaded=True needs both model and tokenizer")
         loaded = wrap_loaded_model(model, tokenizer, model_location)
     else:
-        loaded = load_dnabert_model(model_location, device, precision=precision)
+        loaded = load_dnabert_model(model_location, device, revision=model_revision, precision=precision)
     data = embed_dna(seqs, loaded, batch_tokens=batch_tokens, progress=progress)
     if out_file is not None:
-        atomic_torch_save({"nucleotide": ids, "data": data, "model": loaded.name}, out_file)
+        atomic_torch_save({"nucleotide": ids, "data": data, "model": loaded.name,
+                           "model_revision": loaded.revision}, out_file)
     return ids, data
 
 
@@ -148,17 +165,21 @@ def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MOD
                 out_file: str | os.PathLike | None = None, model_loaded: bool = False, model: Any = None,
                 alphabet: Any = None, *, device: str | torch.device | None = "auto",
                 fp16: bool | None = None, progress: bool = True,
-                precision: str | None = None) -> tuple[list[str], torch.Tensor]:
-    """Embed every protein of a FASTA file with FastESM2; save and return ``(proteins, data)``.
+                model_revision: str | None = None, precision: str | None = None) -> tuple[list[str], torch.Tensor]:
+    """Embed every protein of a FASTA file with FastESM2 (or an ESM-2); save and return ``(proteins, data)``.
 
     ``alphabet`` is the tokenizer when ``model_loaded`` (the original passed the ESM
     alphabet there); when it is None, ``model.tokenizer`` is used.  The model is used as
     passed, never reloaded.  An existing ``out_file`` is reused only when it holds
-    features of the same model for exactly the same ids.  ``data`` is float32 (N, D).
+    features of the same model at the same revision for exactly the same ids (``model_revision``
+    pins a hub revision).  ``data`` is float32 (N, D).
     """
     ids, seqs = _fasta_ids_and_seqs(fasta_file, "protein")
-    name = model_name_of(model, model_location) if model_loaded else str(model_location)
-    reused = _reusable(out_file, "proteins", ids, name)
+    if model_loaded:
+        name, revision = model_name_of(model, model_location), revision_of_loaded(model, model_location)
+    else:
+        name, revision = str(model_location), resolve_model_revision(model_location, model_revision, kind="protein")
+    reused = _reusable(out_file, "proteins", ids, name, revision)
     if reused is not None:
         return ids, reused
     if model_loaded:
@@ -167,12 +188,13 @@ def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MOD
             raise ValueError("model_loaded=True needs a model and a tokenizer (alphabet or model.tokenizer)")
         loaded = wrap_loaded_model(model, tokenizer, name)
     else:
-        loaded = load_protein_model(model_location, device, fp16, precision=precision)
+        loaded = load_protein_model(model_location, device, fp16, revision=model_revision, precision=precision)
     log.info("read %s with %d sequences", fasta_file, len(ids))
     data = embed_proteins(seqs, loaded, truncation_seq_length=truncation_seq_length,
                           batch_tokens=toks_per_batch, ids=ids, progress=progress)
     if out_file is not None:
-        atomic_torch_save({"proteins": ids, "data": data, "model": loaded.name}, out_file)
+        atomic_torch_save({"proteins": ids, "data": data, "model": loaded.name,
+                           "model_revision": loaded.revision}, out_file)
     return ids, data
 
 
@@ -181,13 +203,14 @@ def merge_data(DNABERT_S_data: str | os.PathLike | dict, ESM_data: str | os.Path
     """Concatenate DNA and protein vectors of the ids present in both; save and return the dict.
 
     Output: ``{'ids', 'data': tensor(N, dna_dim + protein_dim), 'dna_dim', 'protein_dim'}``
-    plus ``'labels': [1]`` for ``viral`` or ``[0]`` for ``host``.  ``ids`` are exactly the
-    rows kept, in DNA-file order.
+    plus ``'labels': [1]`` for ``viral`` or ``[0]`` for ``host``, and the two models'
+    revisions when the feature files record them.  ``ids`` are exactly the rows kept, in
+    DNA-file order.
     """
     if data_type not in (None, "viral", "host"):
         raise ValueError(f"data_type must be None, 'viral' or 'host', got {data_type!r}")
-    dna_ids, dna = load_dna_features(DNABERT_S_data)
-    protein_ids, protein = load_protein_features(ESM_data)
+    dna_ids, dna, dna_obj = _load_features(DNABERT_S_data, "nucleotide", "DNABERT-S feature file")
+    protein_ids, protein, protein_obj = _load_features(ESM_data, "proteins", "protein feature file")
     protein_row = {pid: row for row, pid in enumerate(protein_ids)}
     keep = [(row, protein_row[i]) for row, i in enumerate(dna_ids) if i in protein_row]
     missing = len(dna_ids) - len(keep)
@@ -208,6 +231,9 @@ def merge_data(DNABERT_S_data: str | os.PathLike | dict, ESM_data: str | os.Path
     }
     if data_type is not None:
         merged["labels"] = [1 if data_type == "viral" else 0]
+    for kind, obj in (("dna", dna_obj), ("protein", protein_obj)):
+        if obj.get("model_revision"):
+            merged[REVISION_KEYS[kind]] = str(obj["model_revision"])
     if merged_file is not None:
         atomic_torch_save(merged, merged_file)
     return merged

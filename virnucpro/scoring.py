@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from .classifier import load_checkpoint
 from .embed import default_batch_tokens, embed_tokens
-from .errors import CheckpointError, RunFailedError
+from .errors import CheckpointError, ModelLoadError, RunFailedError
 from .models import LoadedModel, compile_encoder_layers, load_dnabert_model, load_protein_model
 from .outputs import checkpoint_name
+from .provenance import pinned_revision, short
 from .shards import Shard
 from .tokens import TokenSet, tokenize_dna, tokenize_proteins
 
@@ -106,10 +107,21 @@ def load_classifier(checkpoint_path: Path, length: int) -> tuple[torch.nn.Module
 def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, device: torch.device, *,
                 dnabert_model: str, esm_model: str, batch_tokens: int | None, progress: bool,
                 protein_precision: str | None = None, dna_precision: str | None = None,
-                compile_layers: bool = False) -> Scorer:
-    """Load the two language models and check that their widths fit the classifier."""
-    dna = load_dnabert_model(dnabert_model, device, precision=dna_precision)
-    protein = load_protein_model(esm_model, device, precision=protein_precision)
+                compile_layers: bool = False, revisions: dict[str, str] | None = None) -> Scorer:
+    """Load the two language models and check that their widths fit the classifier.
+
+    ``revisions`` (``dna``/``protein`` -> revision resolved by :mod:`virnucpro.provenance`)
+    pin hub models to exactly the weights recorded in the run's manifest.
+    """
+    revisions = revisions or {}
+    pins = {kind: pinned_revision(location, revisions[kind]) if kind in revisions else None
+            for kind, location in (("dna", dnabert_model), ("protein", esm_model))}
+    dna = load_dnabert_model(dnabert_model, device, revision=pins["dna"], precision=dna_precision)
+    protein = load_protein_model(esm_model, device, revision=pins["protein"], precision=protein_precision)
+    for kind, loaded in (("dna", dna), ("protein", protein)):
+        if kind in revisions and loaded.revision != revisions[kind]:  # weights replaced since the start
+            raise ModelLoadError(f"{loaded.name}: changed while this run started ({short(loaded.revision)}, "
+                                 f"expected {short(revisions[kind])}); rerun the same command")
     if (dna.hidden_size, protein.hidden_size) != (meta["dna_dim"], meta["protein_dim"]):
         raise CheckpointError(
             f"{checkpoint_path}: model expects features {meta['dna_dim']} (DNA, {meta['dna_model']}) + "
