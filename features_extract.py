@@ -21,6 +21,10 @@ made by the same protein model at the same revision for the same ids.  Merged fi
 already made by the same models at the same revisions for the same split are kept
 unless ``--force``; every merged file records both models' revisions, so one merged set
 never mixes features of different weights.
+
+Under ``torchrun --nproc-per-node=N features_extract.py ...`` rank 0 splits and
+selects, every rank makes the merged files of its share of the due splits (each on
+its own ``cuda:LOCAL_RANK``), and rank 0 reports; the files are those of one process.
 """
 from __future__ import annotations
 
@@ -36,12 +40,12 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from virnucpro import cli
+from virnucpro import cli, distributed
 from virnucpro.errors import FeatureFileError, InputError
 from virnucpro.fasta import read_fasta, split_fasta_file
 from virnucpro.features import extract_DNABERT_S, extract_esm, load_dna_features, load_feature_object, merge_data
 from virnucpro.files import atomic_torch_save, open_text
-from virnucpro.models import resolve_device
+from virnucpro.models import load_dnabert_model, load_protein_model
 from virnucpro.provenance import REVISION_KEYS, resolve_model_revision
 
 log = logging.getLogger("virnucpro.features_extract")
@@ -297,18 +301,23 @@ def reusable_legacy_dna_features(split: Split, ids: list[str]) -> bool:
     return True
 
 
-def process_split(split: Split, args: argparse.Namespace, progress: bool) -> bool:
-    """Features and merged file of one split; returns False when the merged file was kept."""
-    ids = fasta_ids(split.nucleotide, "dna")
-    if merged_is_current(split, ids, args):
+def is_current(split: Split, args: argparse.Namespace) -> bool:
+    """True when the split's merged file is up to date (made from its sequences by the same models)."""
+    if merged_is_current(split, fasta_ids(split.nucleotide, "dna"), args):
         log.info("%s: up to date", split.merged)
-        return False
+        return True
+    return False
+
+
+def make_split(split: Split, args: argparse.Namespace, device: torch.device, progress: bool) -> None:
+    """Compute the features of one split and write its merged file."""
+    ids = fasta_ids(split.nucleotide, "dna")
     if not reusable_legacy_dna_features(split, ids):
         extract_DNABERT_S(split.nucleotide, split.dna_features, model_location=args.dnabert_model,
-                                device=args.device, batch_tokens=args.batch_tokens, progress=progress,
+                                device=device, batch_tokens=args.batch_tokens, progress=progress,
                                 model_revision=args.dnabert_revision, precision=args.dna_precision)
     extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
-                      out_file=split.protein_features, device=args.device,
+                      out_file=split.protein_features, device=device,
                       precision=args.protein_precision, progress=progress, model_revision=args.esm_revision)
     merged = merge_data(split.dna_features, split.protein_features, None, split.kind)
     merged["dna_model"] = str(args.dnabert_model)
@@ -320,7 +329,6 @@ def process_split(split: Split, args: argparse.Namespace, progress: bool) -> boo
         merged[REVISION_KEYS[kind]] = revision
     atomic_torch_save(merged, split.merged)
     log.info("%s: %d rows of width %d", split.merged, len(merged["ids"]), merged["data"].shape[1])
-    return True
 
 
 def warn_about_leftovers(splits: list[Split]) -> None:
@@ -334,21 +342,59 @@ def warn_about_leftovers(splits: list[Split]) -> None:
                         folder, len(extra), extra[0].name)
 
 
-def run(args: argparse.Namespace) -> int:
-    resolve_device(args.device)  # fail early on a bad --device
+def plan(args: argparse.Namespace, progress: bool) -> tuple[list[Split], list[Split]]:
+    """Split the inputs and select the splits: (every selected split, those whose merged file is due)."""
     sources = find_sources(args.data_dir)
-    progress = not args.quiet
     splits = select_splits(args.data_dir, sources, args.sequences_per_file, args.seed, progress)
-    args.resolved_revisions = {  # every merged file records these
-        "dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
-        "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
-    made = 0
-    for split in tqdm(splits, desc="feature files", unit="file", disable=not progress):
-        made += process_split(split, args, progress)
-    warn_about_leftovers(splits)
-    log.info("%d merged file(s) written, %d up to date, under %s", made, len(splits) - made,
-             args.data_dir / MERGE_DIR_NAME)
+    args.resolved_revisions = resolved_revisions(args)
+    return splits, [split for split in splits if not is_current(split, args)]
+
+
+def resolved_revisions(args: argparse.Namespace) -> dict[str, str]:
+    """Both models' resolved revisions: every merged file records them."""
+    return {"dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+            "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
+
+
+def load_models(args: argparse.Namespace, device: torch.device) -> None:
+    """Load both language models into this process's cache (the feature extractors reuse them)."""
+    load_dnabert_model(args.dnabert_model, device, revision=args.dnabert_revision, precision=args.dna_precision)
+    load_protein_model(args.esm_model, device, revision=args.esm_revision, precision=args.protein_precision)
+
+
+def extract(args: argparse.Namespace) -> int:
+    """Make the merged feature files; under torchrun the due splits are shared out over the ranks.
+
+    Rank 0 splits the inputs and selects the splits; every rank makes the merged files
+    of its share of the due splits (round-robin), then rank 0 reports.
+    """
+    device = distributed.together(lambda: distributed.rank_device(args.device))  # fail early on a bad --device
+    if args.force and not distributed.first_launch():  # a restart replays the command line: keep what it made
+        log.info("--force applies to the first launch of a job only (%s)", distributed.restart_note())
+        args.force = False
+    progress = not args.quiet and distributed.is_main()
+    splits, due, args.resolved_revisions = distributed.on_main(
+        lambda: (*plan(args, progress), args.resolved_revisions))  # the revisions rank 0 resolved
+    mine = distributed.my_share(due)
+    if distributed.world_size() > 1:  # first use of the models: one process at a time fills a shared cache
+        distributed.together(lambda: load_models(args, device), turns=True, run=bool(mine))
+        log.info("%d of %d due split file(s) for this rank", len(mine), len(due))
+
+    def make_mine() -> None:
+        for split in tqdm(mine, desc="feature files", unit="file", disable=not progress):
+            make_split(split, args, device, progress)
+
+    distributed.together(make_mine)
+    if distributed.is_main():
+        warn_about_leftovers(splits)
+        log.info("%d merged file(s) written, %d up to date, under %s", len(due), len(splits) - len(due),
+                 args.data_dir / MERGE_DIR_NAME)
     return cli.EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    """The body of main: one process, or one rank of a torchrun job."""
+    return int(distributed.launch(lambda: extract(args)) or cli.EXIT_OK)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,10 +18,11 @@
 ``shardindex``     prediction's one input pass and shard index; reading any shard
 ``dupcheck``       duplicate record ids found in bounded memory
 ``runlock``        the exclusive lock of a prediction OUTDIR
+``distributed``    torchrun: process group, ranks, errors shared by all ranks, turns
 =================  ==========================================================
 
 Importing the package (or ``errors``, ``files``, ``fasta``, ``fastq``, ``ids``, ``frames``,
-``outputs``, ``cli``) imports no torch.
+``outputs``, ``cli``, ``distributed``) imports no torch.
 """
 
 __version__ = "0.2.0"

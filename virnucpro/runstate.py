@@ -9,14 +9,17 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import IO, Callable
 
 from .errors import VirNucProError
 from .fasta import write_fasta_record
 from .fastq import read_sequences
-from .files import HASH_BLOCK, TEXT_ENCODING, TEXT_ERRORS, atomic_write, remove_temp_files
+from .files import (HASH_BLOCK, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, open_text_output,
+                    remove_temp_files)
 from .outputs import (CONSENSUS_COLUMNS, FEATURES_DIR_NAME, MANIFEST_NAME, RESULTS_COLUMNS, SHARD_FEATURES_GLOB,
                       SUMMARY_COLUMNS, VIRAL_CALL, WORK_DIR_NAME, final_outputs, header_line)
 from .results import SHARD_PARTS, merge_summaries, shard_path
@@ -26,6 +29,7 @@ log = logging.getLogger("virnucpro.predict")
 
 MANIFEST_VERSION = 2  # 2: shard index, long records split across shards
 INPUT_HASH_KEY = "input_sha256"
+MERGE_FAN_IN = 256  # consensus files merged at once (open-file limits are often 1024 per process)
 
 
 def remove_own_files(outdir: Path, stem: str, length: int) -> None:
@@ -124,17 +128,45 @@ def concatenate(parts: list[Path], target: Path, header: str = "") -> None:
                 shutil.copyfileobj(handle, out, HASH_BLOCK)
 
 
-def merge_sorted(parts: list[Path], target: Path, header: str) -> None:
-    """Merge per-shard sorted consensus files into one file sorted by chunk id."""
-    handles: list[IO[str]] = [open(p, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n")
-                              for p in parts]
+def merge_sorted(parts: list[Path], target: Path, header: str, fan_in: int = MERGE_FAN_IN) -> None:
+    """Merge per-shard sorted consensus files into one file sorted by chunk id.
+
+    At most ``fan_in`` files are open at once (10,000 shards would pass the usual limit
+    of 1024 open files): larger sets are merged in rounds through temporary files beside
+    the parts, which a killed run's successor removes like any other temporary file.
+    """
+    made: list[Path] = []
     try:
+        while len(parts) > fan_in:
+            merged = [_merge_to_temp(parts[i:i + fan_in], made) for i in range(0, len(parts), fan_in)]
+            for path in parts:
+                if path in made:
+                    path.unlink()
+            parts = merged
         with atomic_write(target) as out:
             out.write(header)
-            out.writelines(heapq.merge(*handles, key=lambda line: line.split("\t", 1)[0]))
+            _merge_into(parts, out)
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
+
+
+def _merge_into(parts: list[Path], out: IO[str]) -> None:
+    handles: list[IO[str]] = [open(p, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n") for p in parts]
+    try:
+        out.writelines(heapq.merge(*handles, key=lambda line: line.split("\t", 1)[0]))
     finally:
         for handle in handles:
             handle.close()
+
+
+def _merge_to_temp(parts: list[Path], made: list[Path]) -> Path:
+    fd, name = tempfile.mkstemp(prefix=".consensus_merge.", suffix=TEMP_SUFFIX, dir=parts[0].parent)
+    os.close(fd)
+    made.append(Path(name))
+    with open_text_output(made[-1]) as out:
+        _merge_into(parts, out)
+    return made[-1]
 
 
 def pending_shards(work: Path, index: ShardIndex) -> list[int]:
