@@ -314,10 +314,10 @@ def make_split(split: Split, args: argparse.Namespace, device: torch.device, pro
     if not reusable_legacy_dna_features(split, ids):
         extract_DNABERT_S(split.nucleotide, split.dna_features, model_location=args.dnabert_model,
                                 device=device, batch_tokens=args.batch_tokens, progress=progress,
-                                model_revision=args.dnabert_revision)
+                                model_revision=args.dnabert_revision, precision=args.dna_precision)
     extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
                       out_file=split.protein_features, device=device,
-                      fp16=protein_fp16(args), progress=progress, model_revision=args.esm_revision)
+                      precision=args.protein_precision, progress=progress, model_revision=args.esm_revision)
     merged = merge_data(split.dna_features, split.protein_features, None, split.kind,
                         dna_model=str(args.dnabert_model), protein_model=str(args.esm_model))
     for kind, revision in args.resolved_revisions.items():  # a reused original-pipeline DNA file records none
@@ -327,11 +327,6 @@ def make_split(split: Split, args: argparse.Namespace, device: torch.device, pro
         merged[REVISION_KEYS[kind]] = revision
     atomic_torch_save(merged, split.merged)
     log.info("%s: %d rows of width %d", split.merged, len(merged["ids"]), merged["data"].shape[1])
-
-
-def protein_fp16(args: argparse.Namespace) -> bool | None:
-    """The protein model's fp16 choice: off with --fp32, else the device's default."""
-    return False if args.fp32 else None
 
 
 def warn_about_leftovers(splits: list[Split]) -> None:
@@ -363,8 +358,8 @@ def load_models(args: argparse.Namespace, device: torch.device) -> None:
     """Load both language models into this process's cache (the feature extractors reuse them)."""
     from virnucpro.models import load_dnabert_model, load_protein_model
 
-    load_dnabert_model(args.dnabert_model, device, revision=args.dnabert_revision)
-    load_protein_model(args.esm_model, device, protein_fp16(args), revision=args.esm_revision)
+    load_dnabert_model(args.dnabert_model, device, revision=args.dnabert_revision, precision=args.dna_precision)
+    load_protein_model(args.esm_model, device, revision=args.esm_revision, precision=args.protein_precision)
 
 
 def extract(args: argparse.Namespace) -> int:

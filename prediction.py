@@ -125,7 +125,11 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, r
     ``revisions`` (``dna``/``protein`` -> resolved revision) identify the language-model
     weights, so a resume with other weights at the same path is refused.
     """
+    import torch
+
+    from virnucpro.embed import default_batch_tokens
     from virnucpro.files import file_sha256
+    from virnucpro.models import resolve_precision
     from virnucpro.runstate import MANIFEST_VERSION
 
     return {
@@ -137,8 +141,10 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, r
         "esm_model_revision": revisions["protein"],
         "dnabert_model_revision": revisions["dna"],
         "device_type": device_type,
-        "protein_fp16": device_type == "cuda" and not args.fp32,
-        "batch_tokens": args.batch_tokens,
+        "protein_precision": resolve_precision("protein", args.protein_precision, torch.device(device_type)),
+        "dna_precision": resolve_precision("dna", args.dna_precision, torch.device(device_type)),
+        "compile": bool(args.compile),
+        "batch_tokens": args.batch_tokens or default_batch_tokens(device_type),
         "shard_size": args.shard_size,
         "keep_features": bool(args.keep_features),
     }
@@ -292,7 +298,8 @@ def load_run_scorer(args: argparse.Namespace, plan: RunPlan, device):
 
     classifier, meta = load_classifier(plan.checkpoint, args.length)
     return load_scorer(plan.checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
-                       esm_model=args.esm_model, protein_fp16=not args.fp32, revisions=plan.revisions,
+                       esm_model=args.esm_model, protein_precision=args.protein_precision,
+                       dna_precision=args.dna_precision, compile_layers=args.compile, revisions=plan.revisions,
                        batch_tokens=args.batch_tokens, progress=not args.quiet and distributed.is_main())
 
 
@@ -306,23 +313,39 @@ def score_shards(args: argparse.Namespace, plan: RunPlan, scorer, shards: list[i
     features_dir = args.outdir / outputs.FEATURES_DIR_NAME if args.keep_features else None
     meta = scorer.meta if shards else {}
 
-    def score_and_write(shard) -> None:
-        features, probabilities = scorer.score(shard)
+    def prepare(k, records):
+        return scorer.prepare(preprocess_shard(k, records, args.length))
+
+    def write(prepared, features) -> None:
+        shard = prepared.shard
+        probabilities = scorer.probabilities(features)
         check_finite(probabilities, shard)
         with disk_full_says(plan.work, f"shard {shard.index}"):
             write_shard(plan.work, shard, probabilities, meta["label_map"], features, features_dir, meta)
         log.info("shard %d: %d sequences, %d chunks, %d frames scored", shard.index, len(shard.sequences),
                  shard.chunk_count, len(shard.frame_ids))
 
-    with ThreadPoolExecutor(max_workers=1) as prefetch, ShardReader(plan.index, plan.work) as reader:
-        pending = None
+    # Three stages overlap: the prefetch thread frames and tokenises shard k+1 while this
+    # thread embeds shard k and the writer thread scores and writes shard k-1.
+    with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=1) as writer, \
+            ShardReader(plan.index, plan.work) as reader:
+        pending = written = None
+
+        def embed_and_hand_over(prepared):
+            features = scorer.features(prepared)
+            if written is not None:
+                written.result()  # one shard in the writer at a time; its errors surface here
+            return writer.submit(write, prepared, features)
+
         for k in shards:
-            next_shard = prefetch.submit(preprocess_shard, k, reader.read(k), args.length)
+            next_shard = prefetch.submit(prepare, k, reader.read(k))
             if pending is not None:
-                score_and_write(pending.result())
+                written = embed_and_hand_over(pending.result())
             pending = next_shard
         if pending is not None:
-            score_and_write(pending.result())
+            written = embed_and_hand_over(pending.result())
+        if written is not None:
+            written.result()
 
 
 @contextlib.contextmanager

@@ -183,13 +183,29 @@ def test_embed_proteins_pooling_is_residue_mean(esm):
     assert (got[0] - got[1]).abs().max() > 1e-3  # embeddings are not all the same
 
 
-def test_embed_proteins_truncates_at_1024(esm):
-    long = "".join(random.Random(5).choice(AMINO) for _ in range(1500))
-    got = units.embed_proteins([long, long[:1024]], esm)
-    torch.testing.assert_close(got[0], got[1], atol=1e-5, rtol=0)
-    torch.testing.assert_close(got[1], manual_protein(esm, long[:1024]), atol=1e-5, rtol=0)
-    untruncated = units.embed_proteins([long], esm, truncation_seq_length=2000)
-    assert (untruncated[0] - got[0]).abs().max() > 1e-4
+def full_context_protein(esm, protein: str, pooled: int = 1024) -> torch.Tensor:
+    """The original's rule, one protein at a time: the WHOLE protein in, mean over residues 1..min(L, 1024)."""
+    tok = esm.tokenizer
+    ids = [tok.cls_token_id, *tok.convert_tokens_to_ids(list(protein)), tok.eos_token_id]
+    with torch.no_grad():
+        hidden = esm.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    return hidden[1:min(len(protein), pooled) + 1].mean(0)
+
+
+@pytest.mark.parametrize("buckets", [False, True])
+def test_embed_proteins_long_proteins_see_their_whole_sequence(esm, buckets):
+    rng = random.Random(5)
+    long = "".join(rng.choice(AMINO) for _ in range(1500))
+    proteins = [long, "".join(rng.choice(AMINO) for _ in range(1100)), long[:1024], "MKVLAW", long[:1025]]
+    # 1200 tokens: the long proteins are each a batch of their own, the short ones share one
+    got = units.embed_proteins(proteins, esm, batch_tokens=1200, length_buckets=buckets)
+    expected = torch.stack([full_context_protein(esm, p) for p in proteins])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # the residues beyond 1024 change the pooled residues' context: not the truncated input
+    assert (got[0] - got[2]).abs().max() > 1e-4
+    assert (got[4] - got[2]).abs().max() > 1e-5
+    pooled_500 = units.embed_proteins([long], esm, truncation_seq_length=500)
+    torch.testing.assert_close(pooled_500[0], full_context_protein(esm, long, 500), atol=1e-5, rtol=0)
 
 
 def test_embed_proteins_case_stop_and_rare_letters(esm):

@@ -139,8 +139,8 @@ def _reusable(out_file: str | os.PathLike | None, id_key: str, ids: list[str], m
 def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike | None,
                       model_loaded: bool = False, tokenizer: Any = None, model: Any = None, *,
                       model_location: str = DNABERT_S_MODEL, device: str | torch.device | None = "auto",
-                      batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = True,
-                      model_revision: str | None = None) -> tuple[list[str], torch.Tensor]:
+                      batch_tokens: int | None = DEFAULT_BATCH_TOKENS, progress: bool = True,
+                      model_revision: str | None = None, precision: str | None = None) -> tuple[list[str], torch.Tensor]:
     """Embed every sequence of a nucleotide FASTA with DNABERT-S; save and return ``(ids, data)``.
 
     With ``model_loaded=True`` the given ``model``/``tokenizer`` are used as they are
@@ -161,7 +161,7 @@ def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike
             raise ValueError("model_loaded=True needs both model and tokenizer")
         loaded = wrap_loaded_model(model, tokenizer, model_location)
     else:
-        loaded = load_dnabert_model(model_location, device, revision=model_revision)
+        loaded = load_dnabert_model(model_location, device, revision=model_revision, precision=precision)
     data = embed_dna(seqs, loaded, batch_tokens=batch_tokens, progress=progress)
     if out_file is not None:
         atomic_torch_save({"nucleotide": ids, "data": data, "model": loaded.name,
@@ -175,7 +175,7 @@ def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MOD
                 out_file: str | os.PathLike | None = None, model_loaded: bool = False, model: Any = None,
                 alphabet: Any = None, *, device: str | torch.device | None = "auto",
                 fp16: bool | None = None, progress: bool = True,
-                model_revision: str | None = None) -> tuple[list[str], torch.Tensor]:
+                model_revision: str | None = None, precision: str | None = None) -> tuple[list[str], torch.Tensor]:
     """Embed every protein of a FASTA file with FastESM2 (or an ESM-2); save and return ``(proteins, data)``.
 
     ``alphabet`` is the tokenizer when ``model_loaded`` (the original passed the ESM
@@ -198,7 +198,7 @@ def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MOD
             raise ValueError("model_loaded=True needs a model and a tokenizer (alphabet or model.tokenizer)")
         loaded = wrap_loaded_model(model, tokenizer, name)
     else:
-        loaded = load_protein_model(model_location, device, fp16, revision=model_revision)
+        loaded = load_protein_model(model_location, device, fp16, revision=model_revision, precision=precision)
     log.info("read %s with %d sequences", fasta_file, len(ids))
     data = embed_proteins(seqs, loaded, truncation_seq_length=truncation_seq_length,
                           batch_tokens=toks_per_batch, ids=ids, progress=progress)
