@@ -5,36 +5,38 @@
 For each of the first ``--max-sequences`` sequences of prediction_results.txt, every
 chunk is drawn as a horizontal segment over the bases it covers, at the chunk's
 virus score (score2, the highest over its stop-free frames), red where the chunk is
-called virus and dark blue otherwise.  The chunk size comes from ``--chunk-size``
-or is inferred from ``prediction_summary.tsv`` (sequence lengths and chunk counts)
-written by prediction.py next to the results; with that file the exact chunk
-positions (including the overlap of the last chunks) are drawn.
+called virus and dark blue otherwise.  The chunk size comes from ``--chunk-size``,
+else from the run record prediction.py keeps in the OUTDIR of the results
+(``.virnucpro_work/manifest.json``), else it is inferred from
+``prediction_summary.tsv`` (sequence lengths and chunk counts); with that file the
+exact chunk positions (including the overlap of the last chunks) are drawn.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from virnucpro import cli
+from virnucpro import cli, outputs
 from virnucpro.errors import InputError
-from virnucpro.files import atomic_write, open_text
+from virnucpro.files import atomic_write, open_text, require_file
 from virnucpro.frames import chunk_sequence
+from virnucpro.ids import parse_frame_id
 
 log = logging.getLogger("virnucpro.drew_fig")
 
 PROG = "drew_fig.py"
-RESULTS_COLUMNS = ("Sequence_ID", "Prediction", "score1", "score2")
-SUMMARY_NAME = "prediction_summary.tsv"
-DEFAULT_FIGURE_NAME = "prediction.png"
+RESULTS_COLUMNS = outputs.RESULTS_COLUMNS
+SUMMARY_NAME = outputs.SUMMARY_NAME
+DEFAULT_FIGURE_NAME = outputs.FIGURE_NAME
+SEQUENCE_COLUMN, LENGTH_COLUMN, CHUNKS_COLUMN = outputs.SUMMARY_COLUMNS[:3]
 COMMON_CHUNK_SIZES = (300, 500)
-FRAME_ID = re.compile(r"^(?P<sequence>.+)_chunk_(?P<chunk>[1-9][0-9]*)(?P<strand>[FR])(?P<frame>[1-3])$")
 VIRUS_COLOR = "red"
 OTHER_COLOR = "darkblue"
 
@@ -65,8 +67,8 @@ def build_parser() -> cli.CliArgumentParser:
     parser.add_argument("results", type=Path, metavar="RESULTS",
                         help="prediction_results.txt written by prediction.py")
     parser.add_argument("--chunk-size", type=cli.positive_int, default=None,
-                        help="chunk length used for the prediction; None: inferred from "
-                             f"{SUMMARY_NAME} next to RESULTS")
+                        help="chunk length used for the prediction; None: the one prediction.py recorded "
+                             f"in the OUTDIR of RESULTS, else inferred from {SUMMARY_NAME} next to RESULTS")
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help=f"PNG file to write, or a directory to write {DEFAULT_FIGURE_NAME} in; "
                              f"None: {DEFAULT_FIGURE_NAME} next to RESULTS")
@@ -80,16 +82,9 @@ def build_parser() -> cli.CliArgumentParser:
 # ---------------------------------------------------------------------------
 
 
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise InputError(f"{path}: {what} not found")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-
-
 def read_results(path: Path) -> dict[str, SequenceScores]:
     """Per-sequence chunk scores from prediction_results.txt, in file order."""
-    _check_file(path, "prediction results")
+    require_file(path, "prediction results file")
     sequences: dict[str, SequenceScores] = {}
     with open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):
@@ -104,8 +99,8 @@ def read_results(path: Path) -> dict[str, SequenceScores]:
             if len(fields) != len(RESULTS_COLUMNS):
                 raise InputError(f"{path}: line {line_no}: expected {len(RESULTS_COLUMNS)} tab-separated "
                                        f"columns ({', '.join(RESULTS_COLUMNS)}), got {len(fields)}")
-            match = FRAME_ID.match(fields[0])
-            if match is None:
+            frame = parse_frame_id(fields[0])
+            if frame is None:
                 raise InputError(f"{path}: line {line_no}: '{fields[0]}' is not a frame id "
                                        "(SEQUENCE_chunk_K followed by F1-F3 or R1-R3)")
             try:
@@ -115,8 +110,7 @@ def read_results(path: Path) -> dict[str, SequenceScores]:
                                        "are not numbers") from None
             if not (0.0 <= score1 <= 1.0 and 0.0 <= score2 <= 1.0):
                 raise InputError(f"{path}: line {line_no}: scores must lie in [0, 1]")
-            name = match["sequence"]
-            sequences.setdefault(name, SequenceScores(name)).add(int(match["chunk"]), score1, score2)
+            sequences.setdefault(frame.sequence, SequenceScores(frame.sequence)).add(frame.chunk, score1, score2)
     if not sequences:
         raise InputError(f"{path}: no prediction rows (no chunk had a stop-free frame?)")
     return sequences
@@ -127,12 +121,12 @@ def read_summary(path: Path) -> dict[str, tuple[int, int]]:
     lengths: dict[str, tuple[int, int]] = {}
     with open_text(path) as handle:
         reader = csv.DictReader(handle, delimiter="\t")
-        missing = {"Sequence_ID", "Length", "Chunks"} - set(reader.fieldnames or ())
+        missing = {SEQUENCE_COLUMN, LENGTH_COLUMN, CHUNKS_COLUMN} - set(reader.fieldnames or ())
         if missing:
             raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
         for row in reader:
             try:
-                lengths[row["Sequence_ID"]] = (int(row["Length"]), int(row["Chunks"]))
+                lengths[row[SEQUENCE_COLUMN]] = (int(row[LENGTH_COLUMN]), int(row[CHUNKS_COLUMN]))
             except (TypeError, ValueError):
                 raise InputError(f"{path}: line {reader.line_num}: Length and Chunks must be "
                                        "integers") from None
@@ -160,9 +154,23 @@ def infer_chunk_size(summary: dict[str, tuple[int, int]], path: Path) -> int:
         return common[0] if common else int(low)
     if len(common) == 1:
         return common[0]
-    upper = "any" if high == math.inf else str(int(high))
-    raise InputError(f"{path}: cannot tell the chunk size (anything from {low} to {upper} fits); "
+    raise InputError(f"{path}: cannot tell the chunk size (anything from {low} to {int(high)} fits); "
                            "pass --chunk-size")
+
+
+def recorded_chunk_size(results: Path) -> int | None:
+    """The chunk size in the run manifest prediction.py keeps in the OUTDIR of ``results``, if any."""
+    manifest = results.parent / outputs.WORK_DIR_NAME / outputs.MANIFEST_NAME
+    try:
+        value = json.loads(manifest.read_text()).get("chunk_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    log.warning("%s: chunk_size %r is not a positive integer; not used", manifest, value)
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -228,6 +236,10 @@ def run(args: argparse.Namespace) -> int:
     summary_path = results.parent / SUMMARY_NAME
     summary = read_summary(summary_path) if summary_path.is_file() else {}
     chunk_size = args.chunk_size
+    if chunk_size is None:
+        chunk_size = recorded_chunk_size(results)
+        if chunk_size is not None:
+            log.info("chunk size %d (recorded by prediction.py)", chunk_size)
     if chunk_size is None:
         if not summary:
             raise InputError(f"{results}: cannot infer the chunk size without {summary_path}; "

@@ -146,7 +146,7 @@ def feature_tables(args: argparse.Namespace, names: list[str]) -> tuple[dict, di
     """Score the merged feature files with each model (they must share the files' feature space)."""
     import torch
 
-    from train import load_training_data
+    from virnucpro.training_data import load_training_data
     from virnucpro.classifier import load_checkpoint
     from virnucpro.defaults import VIRUS_CLASS
     from virnucpro.errors import CheckpointError

@@ -21,6 +21,10 @@ made by the same protein model at the same revision for the same ids.  Merged fi
 already made by the same models at the same revisions for the same split are kept
 unless ``--force``; every merged file records both models' revisions, so one merged set
 never mixes features of different weights.
+
+Under ``torchrun --nproc-per-node=N features_extract.py ...`` rank 0 splits and
+selects, every rank makes the merged files of its share of the due splits (each on
+its own ``cuda:LOCAL_RANK``), and rank 0 reports; the files are those of one process.
 """
 from __future__ import annotations
 
@@ -31,28 +35,29 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
-from virnucpro import cli
+from virnucpro import cli, distributed, outputs
 from virnucpro.errors import FeatureFileError, InputError
-from virnucpro.fasta import read_fasta, split_fasta_file
-from virnucpro.features import extract_DNABERT_S, extract_esm, load_dna_features, load_feature_object, merge_data
-from virnucpro.files import atomic_torch_save, open_text
-from virnucpro.models import resolve_device
+from virnucpro.fasta import SPLIT_FILE_TEMPLATE, read_fasta, split_fasta_file
+from virnucpro.files import atomic_torch_save, open_text, require_dir
 from virnucpro.provenance import REVISION_KEYS, resolve_model_revision
+
+# virnucpro.features and virnucpro.models (torch) are imported when features are made, not for --help.
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("virnucpro.features_extract")
 
 PROG = "features_extract.py"
-NUCLEOTIDE_SUFFIX = "identified_nucleotide.fa"
-PROTEIN_SUFFIX = "identified_protein.fa"
+NUCLEOTIDE_SUFFIX = outputs.IDENTIFIED_NUCLEOTIDE_SUFFIX
+PROTEIN_SUFFIX = outputs.IDENTIFIED_PROTEIN_SUFFIX
 VIRAL_PREFIX = "viral"
 HOST_CATEGORIES = ("vertebrate", "protozoa", "plant", "invertebrate", "fungi", "bacteria", "archaea")
-MERGE_DIR_NAME = "data_merge"
-VIRAL_MERGED_DIR_NAME = "viral.1.1_merged"  # the folder name train.py reads as viral
+MERGE_DIR_NAME = outputs.MERGE_DIR_NAME
+VIRAL_MERGED_DIR_NAME = outputs.VIRAL_MERGED_DIR_NAME  # the folder name train.py reads as viral
 VIRAL_MAIN_NAME = "viral.1.1"
 DEFAULT_SEQUENCES_PER_FILE = 10000
 DEFAULT_SEED = 42
@@ -98,19 +103,19 @@ class Split:
 
     @property
     def nucleotide(self) -> Path:
-        return self.source.nucleotide_split_dir / f"output_{self.index}.fa"
+        return self.source.nucleotide_split_dir / SPLIT_FILE_TEMPLATE.format(index=self.index)
 
     @property
     def protein(self) -> Path:
-        return self.source.protein_split_dir / f"output_{self.index}.fa"
+        return self.source.protein_split_dir / SPLIT_FILE_TEMPLATE.format(index=self.index)
 
     @property
     def dna_features(self) -> Path:
-        return self.source.nucleotide_split_dir / f"output_{self.index}_DNABERT_S.pt"
+        return self.source.nucleotide_split_dir / outputs.dna_features_name(self.index)
 
     @property
     def protein_features(self) -> Path:
-        return self.source.protein_split_dir / f"output_{self.index}_ESM.pt"
+        return self.source.protein_split_dir / outputs.protein_features_name(self.index)
 
 
 def build_parser() -> cli.CliArgumentParser:
@@ -140,8 +145,7 @@ def build_parser() -> cli.CliArgumentParser:
 
 def find_sources(data_dir: Path) -> list[Source]:
     """The identified nucleotide files under ``data_dir``, classified, in sorted order."""
-    if not data_dir.is_dir():
-        raise InputError(f"{data_dir}: data directory not found")
+    require_dir(data_dir)
     merge_dir = data_dir / MERGE_DIR_NAME
     sources = []
     for path in sorted(data_dir.rglob(f"*{NUCLEOTIDE_SUFFIX}")):
@@ -190,9 +194,9 @@ def merged_path(data_dir: Path, source: Source, index: int, viral_sources: int) 
     merge_dir = data_dir / MERGE_DIR_NAME
     if source.kind == "viral":
         if viral_sources == 1 or source.name == VIRAL_MAIN_NAME:
-            return merge_dir / VIRAL_MERGED_DIR_NAME / f"output_{index}_merged.pt"
-        return merge_dir / VIRAL_MERGED_DIR_NAME / f"{source.name}.output_{index}_merged.pt"
-    return merge_dir / f"{source.name}_merged" / f"output_{index}_merged.pt"
+            return merge_dir / VIRAL_MERGED_DIR_NAME / outputs.merged_features_name(index)
+        return merge_dir / VIRAL_MERGED_DIR_NAME / outputs.merged_features_name(index, f"{source.name}.")
+    return merge_dir / f"{source.name}_merged" / outputs.merged_features_name(index)
 
 
 def select_splits(data_dir: Path, sources: list[Source], sequences_per_file: int, seed: int,
@@ -247,31 +251,24 @@ def fasta_ids(path: Path, alphabet: str) -> list[str]:
     return [record.id for record in read_fasta(path, alphabet=alphabet)]
 
 
-def _load(path: Path) -> object | None:
-    try:
-        return load_feature_object(path)
-    except FeatureFileError as exc:  # unreadable means "make it again"
-        log.warning("%s; it is made again", exc)
-        return None
-
-
 def merged_is_current(split: Split, ids: list[str], args: argparse.Namespace) -> bool:
     """True when the merged file was made from this split by the same models."""
+    from virnucpro.features import read_merged_file
+
     if args.force or not split.merged.is_file():
         return False
-    obj = _load(split.merged)
-    if not isinstance(obj, dict):
+    try:
+        merged = read_merged_file(split.merged)
+    except FeatureFileError as exc:  # unreadable or malformed means "make it again"
+        log.warning("%s; it is made again", exc)
         return False
-    label = [1 if split.kind == "viral" else 0]
-    rows = obj.get("ids")
-    data = obj.get("data")
-    current = (obj.get("dna_model") == str(args.dnabert_model)
-               and obj.get("protein_model") == str(args.esm_model)
-               and obj.get(REVISION_KEYS["dna"]) == args.resolved_revisions["dna"]
-               and obj.get(REVISION_KEYS["protein"]) == args.resolved_revisions["protein"]
-               and obj.get("labels") == label
-               and isinstance(rows, list) and rows and set(rows) <= set(ids)
-               and isinstance(data, torch.Tensor) and data.shape[0] == len(rows))
+    revisions = args.resolved_revisions
+    current = (merged.dna_model == str(args.dnabert_model)
+               and merged.protein_model == str(args.esm_model)
+               and merged.dna_model_revision == revisions["dna"]
+               and merged.protein_model_revision == revisions["protein"]
+               and merged.labels == [1 if split.kind == "viral" else 0]
+               and merged.ids and set(merged.ids) <= set(ids))
     if not current:
         log.info("%s: made from other sequences, models or model revisions; it is made again", split.merged)
     return bool(current)
@@ -279,16 +276,20 @@ def merged_is_current(split: Split, ids: list[str], args: argparse.Namespace) ->
 
 def reusable_legacy_dna_features(split: Split, ids: list[str]) -> bool:
     """An original-pipeline DNABERT-S file (no 'model' key) holding exactly this split's ids."""
+    import torch
+
+    from virnucpro.features import load_dna_features, load_feature_object
+
     path = split.dna_features
     if not path.is_file():
         return False
-    obj = _load(path)
-    if not isinstance(obj, dict) or "model" in obj:
-        return False  # new-format files are checked by extract_DNABERT_S itself
     try:
+        obj = load_feature_object(path)
+        if not isinstance(obj, dict) or "model" in obj:
+            return False  # new-format files are checked by extract_DNABERT_S itself
         stored_ids, data = load_dna_features(obj)
-    except FeatureFileError as exc:
-        log.warning("%s: %s; it is made again", path, exc)
+    except FeatureFileError as exc:  # unreadable means "make it again"
+        log.warning("%s; it is made again", exc)
         return False
     if stored_ids != ids or not bool(torch.isfinite(data).all()):
         log.warning("%s: holds other sequences than %s (stale); it is made again", path, split.nucleotide)
@@ -297,22 +298,28 @@ def reusable_legacy_dna_features(split: Split, ids: list[str]) -> bool:
     return True
 
 
-def process_split(split: Split, args: argparse.Namespace, progress: bool) -> bool:
-    """Features and merged file of one split; returns False when the merged file was kept."""
-    ids = fasta_ids(split.nucleotide, "dna")
-    if merged_is_current(split, ids, args):
+def is_current(split: Split, args: argparse.Namespace) -> bool:
+    """True when the split's merged file is up to date (made from its sequences by the same models)."""
+    if merged_is_current(split, fasta_ids(split.nucleotide, "dna"), args):
         log.info("%s: up to date", split.merged)
-        return False
+        return True
+    return False
+
+
+def make_split(split: Split, args: argparse.Namespace, device: torch.device, progress: bool) -> None:
+    """Compute the features of one split and write its merged file."""
+    from virnucpro.features import extract_DNABERT_S, extract_esm, merge_data
+
+    ids = fasta_ids(split.nucleotide, "dna")
     if not reusable_legacy_dna_features(split, ids):
         extract_DNABERT_S(split.nucleotide, split.dna_features, model_location=args.dnabert_model,
-                                device=args.device, batch_tokens=args.batch_tokens, progress=progress,
-                                model_revision=args.dnabert_revision)
+                                device=device, batch_tokens=args.batch_tokens, progress=progress,
+                                model_revision=args.dnabert_revision, precision=args.dna_precision)
     extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
-                      out_file=split.protein_features, device=args.device,
-                      fp16=False if args.fp32 else None, progress=progress, model_revision=args.esm_revision)
-    merged = merge_data(split.dna_features, split.protein_features, None, split.kind)
-    merged["dna_model"] = str(args.dnabert_model)
-    merged["protein_model"] = str(args.esm_model)
+                      out_file=split.protein_features, device=device,
+                      precision=args.protein_precision, progress=progress, model_revision=args.esm_revision)
+    merged = merge_data(split.dna_features, split.protein_features, None, split.kind,
+                        dna_model=str(args.dnabert_model), protein_model=str(args.esm_model))
     for kind, revision in args.resolved_revisions.items():  # a reused original-pipeline DNA file records none
         if merged.get(REVISION_KEYS[kind], revision) != revision:
             raise FeatureFileError(f"{split.merged}: the {kind} features were made at revision "
@@ -320,7 +327,6 @@ def process_split(split: Split, args: argparse.Namespace, progress: bool) -> boo
         merged[REVISION_KEYS[kind]] = revision
     atomic_torch_save(merged, split.merged)
     log.info("%s: %d rows of width %d", split.merged, len(merged["ids"]), merged["data"].shape[1])
-    return True
 
 
 def warn_about_leftovers(splits: list[Split]) -> None:
@@ -334,21 +340,61 @@ def warn_about_leftovers(splits: list[Split]) -> None:
                         folder, len(extra), extra[0].name)
 
 
-def run(args: argparse.Namespace) -> int:
-    resolve_device(args.device)  # fail early on a bad --device
+def plan(args: argparse.Namespace, progress: bool) -> tuple[list[Split], list[Split]]:
+    """Split the inputs and select the splits: (every selected split, those whose merged file is due)."""
     sources = find_sources(args.data_dir)
-    progress = not args.quiet
     splits = select_splits(args.data_dir, sources, args.sequences_per_file, args.seed, progress)
-    args.resolved_revisions = {  # every merged file records these
-        "dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
-        "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
-    made = 0
-    for split in tqdm(splits, desc="feature files", unit="file", disable=not progress):
-        made += process_split(split, args, progress)
-    warn_about_leftovers(splits)
-    log.info("%d merged file(s) written, %d up to date, under %s", made, len(splits) - made,
-             args.data_dir / MERGE_DIR_NAME)
+    args.resolved_revisions = resolved_revisions(args)
+    return splits, [split for split in splits if not is_current(split, args)]
+
+
+def resolved_revisions(args: argparse.Namespace) -> dict[str, str]:
+    """Both models' resolved revisions: every merged file records them."""
+    return {"dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
+            "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
+
+
+def load_models(args: argparse.Namespace, device: torch.device) -> None:
+    """Load both language models into this process's cache (the feature extractors reuse them)."""
+    from virnucpro.models import load_dnabert_model, load_protein_model
+
+    load_dnabert_model(args.dnabert_model, device, revision=args.dnabert_revision, precision=args.dna_precision)
+    load_protein_model(args.esm_model, device, revision=args.esm_revision, precision=args.protein_precision)
+
+
+def extract(args: argparse.Namespace) -> int:
+    """Make the merged feature files; under torchrun the due splits are shared out over the ranks.
+
+    Rank 0 splits the inputs and selects the splits; every rank makes the merged files
+    of its share of the due splits (round-robin), then rank 0 reports.
+    """
+    device = distributed.together(lambda: distributed.rank_device(args.device))  # fail early on a bad --device
+    if args.force and not distributed.first_launch():  # a restart replays the command line: keep what it made
+        log.info("--force applies to the first launch of a job only (%s)", distributed.restart_note())
+        args.force = False
+    progress = not args.quiet and distributed.is_main()
+    splits, due, args.resolved_revisions = distributed.on_main(
+        lambda: (*plan(args, progress), args.resolved_revisions))  # the revisions rank 0 resolved
+    mine = distributed.my_share(due)
+    if distributed.world_size() > 1:  # first use of the models: one process at a time fills a shared cache
+        distributed.together(lambda: load_models(args, device), turns=True, run=bool(mine))
+        log.info("%d of %d due split file(s) for this rank", len(mine), len(due))
+
+    def make_mine() -> None:
+        for split in tqdm(mine, desc="feature files", unit="file", disable=not progress):
+            make_split(split, args, device, progress)
+
+    distributed.together(make_mine)
+    if distributed.is_main():
+        warn_about_leftovers(splits)
+        log.info("%d merged file(s) written, %d up to date, under %s", len(due), len(splits) - len(due),
+                 args.data_dir / MERGE_DIR_NAME)
     return cli.EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    """The body of main: one process, or one rank of a torchrun job."""
+    return int(distributed.launch(lambda: extract(args)) or cli.EXIT_OK)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,10 +26,10 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from virnucpro import cli
+from virnucpro import cli, ids, outputs
 from virnucpro.errors import InputError
 from virnucpro.fasta import read_fasta
-from virnucpro.files import atomic_write
+from virnucpro.files import atomic_write, require_dir
 from virnucpro.frames import chunk_sequence, create_refseq_pro_list, identify_seq
 
 log = logging.getLogger("virnucpro.make_train_dataset")
@@ -37,9 +37,8 @@ log = logging.getLogger("virnucpro.make_train_dataset")
 PROG = "make_train_dataset_300.py"
 GBFF_SUFFIX = "genomic.gbff.gz"
 FNA_SUFFIX = "genomic.fna.gz"
-NUCLEOTIDE_SUFFIX = "identified_nucleotide.fa"
-PROTEIN_SUFFIX = "identified_protein.fa"
-CHUNK_MARK = "_chunk_"
+NUCLEOTIDE_SUFFIX = outputs.IDENTIFIED_NUCLEOTIDE_SUFFIX
+PROTEIN_SUFFIX = outputs.IDENTIFIED_PROTEIN_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -87,10 +86,7 @@ def build_parser(prog: str, default_chunk_size: int) -> cli.CliArgumentParser:
 
 def find_jobs(data_dir: Path, chunk_size: int) -> list[Job]:
     """Pair every GenBank file with the genome FASTA files it annotates (sorted, each FASTA once)."""
-    if not data_dir.exists():
-        raise InputError(f"{data_dir}: data directory not found")
-    if not data_dir.is_dir():
-        raise InputError(f"{data_dir}: not a directory")
+    require_dir(data_dir)
     files = sorted(p for p in data_dir.rglob("*") if p.is_file())
     gbff_files = [p for p in files if p.name.endswith(GBFF_SUFFIX)]
     fna_files = [p for p in files if p.name.endswith(FNA_SUFFIX)]
@@ -140,8 +136,8 @@ def process_job(job: Job, progress: bool = False) -> tuple[Path, int]:
     with atomic_write(job.nucleotide_out) as dna_out, atomic_write(job.protein_out) as protein_out:
         for record in tqdm(records, desc=job.fna.name, unit="record", disable=not progress, leave=False):
             for index, chunk in enumerate(chunk_sequence(record.seq, job.chunk_size), start=1):
-                chunk_id = f"{record.id}{CHUNK_MARK}{index}"
-                accession = chunk_id.split(CHUNK_MARK)[0]
+                chunk_id = ids.chunk_id(record.id, index)
+                accession = ids.training_accession(chunk_id)
                 selected = identify_seq(chunk_id, chunk.upper(), refseq.get(accession, []),
                                               istraindata=True)
                 for item in selected or ():

@@ -12,6 +12,10 @@ records called virus).  INPUT may be FASTA or FASTQ, plain or gzip.
 Records stream through in shards, so memory stays flat whatever the input size.
 A run that is killed resumes from its finished shards when rerun with the same
 command; outputs are only ever renamed into place once complete.
+
+The same command runs on many GPUs or nodes under ``torchrun`` (one rank per GPU):
+rank 0 opens the run (checks, lock, input pass, shard index), every rank scores its
+share of the pending shards, rank 0 finalises; the outputs are those of one process.
 """
 from __future__ import annotations
 
@@ -40,7 +44,8 @@ import contextlib  # noqa: E402
 import logging  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Iterator, Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import TYPE_CHECKING, Any, Iterator, Sequence  # noqa: E402
 
 from virnucpro import cli, outputs  # noqa: E402
 from virnucpro.shards import DEFAULT_SHARD_CHUNKS  # noqa: E402
@@ -120,7 +125,11 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, r
     ``revisions`` (``dna``/``protein`` -> resolved revision) identify the language-model
     weights, so a resume with other weights at the same path is refused.
     """
+    import torch
+
+    from virnucpro.embed import default_batch_tokens
     from virnucpro.files import file_sha256
+    from virnucpro.models import resolve_precision
     from virnucpro.runstate import MANIFEST_VERSION
 
     return {
@@ -132,8 +141,10 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, r
         "esm_model_revision": revisions["protein"],
         "dnabert_model_revision": revisions["dna"],
         "device_type": device_type,
-        "protein_fp16": device_type == "cuda" and not args.fp32,
-        "batch_tokens": args.batch_tokens,
+        "protein_precision": resolve_precision("protein", args.protein_precision, torch.device(device_type)),
+        "dna_precision": resolve_precision("dna", args.dna_precision, torch.device(device_type)),
+        "compile": bool(args.compile),
+        "batch_tokens": args.batch_tokens or default_batch_tokens(device_type),
         "shard_size": args.shard_size,
         "keep_features": bool(args.keep_features),
     }
@@ -170,22 +181,78 @@ def output_stem(source: InputSource) -> str:
     return outputs.input_stem(source.path)
 
 
+@dataclass
+class RunPlan:
+    """What rank 0 opened, handed to every rank: where the shards are and which are still to score."""
+
+    checkpoint: Path
+    work: Path
+    index: Any  # virnucpro.shardindex.ShardIndex
+    stem: str
+    pending: list[int]
+    finished: bool
+    revisions: dict[str, str]
+
+
 def predict(args: argparse.Namespace) -> int:
-    """Score ``args.input`` into ``args.outdir``, resuming from finished shards."""
+    """Score ``args.input`` into ``args.outdir``, resuming from finished shards; alone or under torchrun."""
+    from virnucpro import distributed
+
+    return int(distributed.launch(lambda: _predict(args)) or cli.EXIT_OK)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Rank 0 opens the run (alone, under the OUTDIR lock), every rank scores its share, rank 0 finalises."""
+    from virnucpro import distributed
+    from virnucpro.runstate import finalise
+
+    device = distributed.together(lambda: distributed.rank_device(args.device))
+    with contextlib.ExitStack() as held:  # on rank 0: the OUTDIR lock, held until the job ends
+        plan = distributed.on_main(lambda: open_the_run(args, device, held))
+        if plan.finished:
+            log.info("%s is complete already (use --force to recompute)", args.outdir)
+            return cli.EXIT_OK
+        mine = distributed.my_share(plan.pending)
+        if distributed.world_size() > 1:
+            log.info("%d of %d pending shard(s) for this rank", len(mine), len(plan.pending))
+        # the models' first use: one process at a time writes a shared Hugging Face cache
+        scorer = distributed.together(lambda: load_run_scorer(args, plan, device), turns=True, run=bool(mine))
+        distributed.together(lambda: score_shards(args, plan, scorer, mine))
+
+        def close() -> None:
+            with disk_full_says(args.outdir, "the final outputs"):
+                finalise(args.outdir, plan.work, plan.index, plan.stem, args.length)
+            log.info("results in %s", args.outdir)
+
+        distributed.on_main(close)
+    return cli.EXIT_OK
+
+
+def open_the_run(args: argparse.Namespace, device, held: contextlib.ExitStack) -> RunPlan:
+    """Input checks, OUTDIR lock, manifest, --force, validation pass and shard index: once, on rank 0.
+
+    The lock joins ``held``, so it lasts until the whole job (every rank) is done.
+    """
+    from virnucpro import distributed
     from virnucpro.runlock import RunLock
     from virnucpro.shardindex import input_source
 
     check_length(args.length)
     source = input_source(args.input)
     created = prepare_outdir(args.outdir)
-    had_work = (args.outdir / outputs.WORK_DIR_NAME).exists()
-    try:
-        with RunLock(args.outdir):
-            return _predict_locked(args, source)
-    except BaseException:
-        if not had_work:
-            remove_if_unused(args.outdir, remove_outdir=created)
-        raise
+    if not (args.outdir / outputs.WORK_DIR_NAME).exists():
+
+        def remove_on_failure(kind: type | None, *_: object) -> bool:  # runs after the lock is released
+            if kind is not None:
+                remove_if_unused(args.outdir, remove_outdir=created)
+            return False  # the error goes on
+
+        held.push(remove_on_failure)
+    held.enter_context(RunLock(args.outdir))
+    force = args.force and distributed.first_launch()
+    if args.force and not force:
+        log.info("--force applies to the first launch of a job only (%s): resuming", distributed.restart_note())
+    return _open_locked(args, source, device, force)
 
 
 def remove_if_unused(outdir: Path, remove_outdir: bool) -> None:
@@ -203,18 +270,13 @@ def remove_if_unused(outdir: Path, remove_outdir: bool) -> None:
             pass  # not empty: someone else's files
 
 
-def _predict_locked(args: argparse.Namespace, source: InputSource) -> int:
-    """The run itself, OUTDIR locked: checkpoint, input pass, shards, final outputs."""
-    from virnucpro.models import resolve_device
-    from virnucpro.results import write_shard
-    from virnucpro.runstate import finalise, open_run, pending_shards
-    from virnucpro.scoring import check_finite, load_classifier, load_scorer
-    from virnucpro.shardindex import ShardReader, build_index, load_index
-    from virnucpro.shards import preprocess_shard
+def _open_locked(args: argparse.Namespace, source: InputSource, device, force: bool) -> RunPlan:
+    from virnucpro.runstate import open_run, pending_shards
+    from virnucpro.scoring import load_classifier
+    from virnucpro.shardindex import build_index, load_index
 
     checkpoint = find_checkpoint(args.model, args.length)
-    classifier, meta = load_classifier(checkpoint, args.length)
-    device = resolve_device(args.device)
+    _, meta = load_classifier(checkpoint, args.length)  # a wrong checkpoint is refused before the input is read
     revisions = model_revisions(args, checkpoint, meta)
     stem = output_stem(source)
     settings = run_settings(args, checkpoint, device.type, revisions)
@@ -225,36 +287,65 @@ def _predict_locked(args: argparse.Namespace, source: InputSource) -> int:
         return index or build_index(source, work, args.length, args.shard_size)
 
     with disk_full_says(args.outdir, "the shard index (or a piped input's spool)"):
-        work, index, finished = open_run(args.outdir, settings, args.force, stem, args.length, get_index)
-    if finished:
-        log.info("%s is complete already (use --force to recompute)", args.outdir)
-        return cli.EXIT_OK
-    scorer = load_scorer(checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
-                         esm_model=args.esm_model, protein_fp16=not args.fp32, revisions=revisions,
-                         batch_tokens=args.batch_tokens, progress=not args.quiet)
-    features_dir = args.outdir / outputs.FEATURES_DIR_NAME if args.keep_features else None
+        work, index, finished = open_run(args.outdir, settings, force, stem, args.length, get_index)
+    return RunPlan(checkpoint, work, index, stem, pending_shards(work, index), finished, revisions)
 
-    def score_and_write(shard) -> None:
-        features, probabilities = scorer.score(shard)
+
+def load_run_scorer(args: argparse.Namespace, plan: RunPlan, device):
+    """The classifier and both language models (at the revisions rank 0 resolved), in this process."""
+    from virnucpro import distributed
+    from virnucpro.scoring import load_classifier, load_scorer
+
+    classifier, meta = load_classifier(plan.checkpoint, args.length)
+    return load_scorer(plan.checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
+                       esm_model=args.esm_model, protein_precision=args.protein_precision,
+                       dna_precision=args.dna_precision, compile_layers=args.compile, revisions=plan.revisions,
+                       batch_tokens=args.batch_tokens, progress=not args.quiet and distributed.is_main())
+
+
+def score_shards(args: argparse.Namespace, plan: RunPlan, scorer, shards: list[int]) -> None:
+    """Score the given shards of the plan, writing each one's files and then its ``done`` marker."""
+    from virnucpro.results import write_shard
+    from virnucpro.scoring import check_finite
+    from virnucpro.shardindex import ShardReader
+    from virnucpro.shards import preprocess_shard
+
+    features_dir = args.outdir / outputs.FEATURES_DIR_NAME if args.keep_features else None
+    meta = scorer.meta if shards else {}
+
+    def prepare(k, records):
+        return scorer.prepare(preprocess_shard(k, records, args.length))
+
+    def write(prepared, features) -> None:
+        shard = prepared.shard
+        probabilities = scorer.probabilities(features)
         check_finite(probabilities, shard)
-        with disk_full_says(work, f"shard {shard.index}"):
-            write_shard(work, shard, probabilities, meta["label_map"], features, features_dir, meta)
+        with disk_full_says(plan.work, f"shard {shard.index}"):
+            write_shard(plan.work, shard, probabilities, meta["label_map"], features, features_dir, meta)
         log.info("shard %d: %d sequences, %d chunks, %d frames scored", shard.index, len(shard.sequences),
                  shard.chunk_count, len(shard.frame_ids))
 
-    with ThreadPoolExecutor(max_workers=1) as prefetch, ShardReader(index, work) as reader:
-        pending = None
-        for k in pending_shards(work, index):
-            next_shard = prefetch.submit(preprocess_shard, k, reader.read(k), args.length)
+    # Three stages overlap: the prefetch thread frames and tokenises shard k+1 while this
+    # thread embeds shard k and the writer thread scores and writes shard k-1.
+    with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=1) as writer, \
+            ShardReader(plan.index, plan.work) as reader:
+        pending = written = None
+
+        def embed_and_hand_over(prepared):
+            features = scorer.features(prepared)
+            if written is not None:
+                written.result()  # one shard in the writer at a time; its errors surface here
+            return writer.submit(write, prepared, features)
+
+        for k in shards:
+            next_shard = prefetch.submit(prepare, k, reader.read(k))
             if pending is not None:
-                score_and_write(pending.result())
+                written = embed_and_hand_over(pending.result())
             pending = next_shard
         if pending is not None:
-            score_and_write(pending.result())
-    with disk_full_says(args.outdir, "the final outputs"):
-        finalise(args.outdir, work, index, stem, args.length)
-    log.info("results in %s", args.outdir)
-    return cli.EXIT_OK
+            written = embed_and_hand_over(pending.result())
+        if written is not None:
+            written.result()
 
 
 @contextlib.contextmanager

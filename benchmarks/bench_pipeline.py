@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from virnucpro import classifier, defaults, embed, fasta, models  # noqa: E402
+from virnucpro import classifier, defaults, embed, fasta, ids, models  # noqa: E402
 from virnucpro import frames as framing  # noqa: E402
 
 STAGES = ("preprocess", "dna", "protein", "mlp")
@@ -108,7 +108,7 @@ def real_reads(directory: Path) -> tuple[list[tuple[str, str]], list[str], list[
 
 def chunk_records(records: Sequence[tuple[str, str]], chunk_size: int) -> list[tuple[str, str]]:
     """``(chunk_id, upper-cased chunk)`` pairs, as split_fasta_chunk + the callers' upper()."""
-    return [(f"{rid}_chunk_{k}", chunk.upper())
+    return [(ids.chunk_id(rid, k), chunk.upper())
             for rid, seq in records for k, chunk in enumerate(framing.chunk_sequence(seq, chunk_size), start=1)]
 
 
@@ -375,7 +375,7 @@ def run_ours(dataset: str, records: list[tuple[str, str]], factory: ModelFactory
             info.update(items=len(seqs), loads=1, load_seconds=load_s, dtype=str(dtype))
         # Token counts (for tokens/s and FLOPs) are taken outside the timed region.
         if args.count_tokens:
-            lengths = [len(ids) for ids in factory.dna_tok([s.upper() for s in seqs])["input_ids"]]
+            lengths = [len(tokens) for tokens in factory.dna_tok([s.upper() for s in seqs])["input_ids"]]
             results[-1].tokens = sum(lengths)
             results[-1].flops = encoder_flops(loaded.model, lengths)
         del loaded
@@ -503,8 +503,8 @@ def run_original(dataset: str, records: list[tuple[str, str]], factory: ModelFac
             dna = torch.tensor(dna_rows) if dna_rows else None
             protein = torch.stack(protein_rows) if protein_rows else None
             features = _features(dna, protein, len(frames), dna_dim, protein_dim)
-            ids = [frame_id for frame_id, _, _ in frames]
-            dataset_items = list(zip(features, ids))
+            frame_ids = [frame_id for frame_id, _, _ in frames]
+            dataset_items = list(zip(features, frame_ids))
             loader = torch.utils.data.DataLoader(dataset_items, batch_size=ORIGINAL_MLP_BATCH, shuffle=False)
             model = classifier.MLPClassifier(dna_dim + protein_dim).to(device).eval()
             labels, probabilities = [], []
@@ -647,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="original: sequences per split file (one model load each)")
     parser.add_argument("--fp32", action="store_true", help="ours: protein model in fp32 on CUDA too")
     parser.add_argument("--dna-bf16", action="store_true",
-                        help="ours: DNA encoder in bf16 on CUDA (units uses fp32; what-if measurement)")
+                        help="ours: DNA encoder in bf16 on CUDA (virnucpro.embed uses fp32; what-if measurement)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="dense fp16 peak for MFU (default by GPU name, e.g. H100 SXM 989)")

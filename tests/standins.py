@@ -337,9 +337,11 @@ class BertEncoder(nn.Module):
             self.build_alibi(length, hidden.device)
         elif self.alibi.device != hidden.device:
             self.alibi = self.alibi.to(hidden.device)
-        bias = self.alibi[:, :, :length, :length].to(hidden.dtype)
+        # As in the real code the bias added to the scores stays float32 (model.half() does not
+        # touch a plain attribute), so 16-bit weights alone fail in attention (autocast fixes it).
+        bias = self.alibi[:, :, :length, :length].to(torch.float32)
         keys = attention_mask.to(torch.bool)[:, None, None, :]
-        bias = bias.masked_fill(~keys, torch.finfo(hidden.dtype).min)
+        bias = bias.masked_fill(~keys, torch.finfo(torch.float32).min)
         for layer in self.layer:
             hidden = layer(hidden, bias)
         return hidden
@@ -479,8 +481,8 @@ def _dna_tokenizer(seed: int, vocab_size: int):
 
 
 def build_dnabert_standin(directory: str | os.PathLike, *, num_heads: int = 4, intermediate_size: int = 96,
-                          vocab_size: int = 120, seed: int = 0) -> Path:
-    """Write a tiny DNABERT-S-like model (hidden 768, one layer) and its BPE tokenizer into ``directory``."""
+                          vocab_size: int = 120, seed: int = 0, num_layers: int = 1) -> Path:
+    """Write a DNABERT-S-like model (hidden 768, one layer unless told) and its BPE tokenizer into ``directory``."""
     directory = Path(directory)
     _write_sources(directory, {"configuration_bert.py": DNABERT_CONFIGURATION,
                                "bert_layers.py": DNABERT_MODELING,
@@ -494,7 +496,7 @@ def build_dnabert_standin(directory: str | os.PathLike, *, num_heads: int = 4, i
                      "AutoModel": "bert_layers.BertModel"},
         "vocab_size": len(tokenizer),
         "hidden_size": 768,
-        "num_hidden_layers": 1,
+        "num_hidden_layers": num_layers,
         "num_attention_heads": num_heads,
         "intermediate_size": intermediate_size,
         "pad_token_id": 3,

@@ -57,3 +57,21 @@ def test_tiny_full_pipeline(tmp_path):
             assert (strategy, stage) in seen
     original_dna = next(r for r in report["stages"] if r["strategy"] == "original" and r["stage"] == "dna")
     assert original_dna["loads"] == -(-original_dna["items"] // 10)
+
+
+def test_gpu_check_smoke_cpu_runs_every_section(tmp_path, monkeypatch):
+    """benchmarks/gpu_check.py --smoke-cpu: every section runs (oom is skipped without CUDA)."""
+    import gpu_check
+    import virnucpro.models
+
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
+    out = tmp_path / "smoke.json"
+    assert gpu_check.main(["--smoke-cpu", "--out", str(out), "--reads", "40", "--precision-reads", "30"]) == 0
+    figures = json.loads(out.read_text())
+    assert all(figures[name]["ok"] for name in gpu_check.SECTIONS)
+    assert figures["smoke"]["finite"] and figures["smoke"]["triton_attention_disabled"]
+    row = figures["precision"]["dna_bf16"]
+    assert 0 < row["relative_l2"] < 0.05 and 0.9 <= row["label_agreement"] <= 1.0
+    assert figures["microbench"]["bucketed"]["tflops"] > 0
+    assert figures["oom"]["skipped"] == "needs CUDA"
+    assert figures["end_to_end"]["reads"] == 40 and figures["end_to_end"]["reads_per_s"] > 0

@@ -1,12 +1,14 @@
 """drew_fig.py: plot from prediction_results.txt (+ prediction_summary.tsv)."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 import drew_fig
+from virnucpro import outputs
 from virnucpro.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -118,3 +120,30 @@ def test_chunk_spans_follow_the_chunking() -> None:
     spans = drew_fig.chunk_spans(4, 300, 1000)
     assert spans[0] == (0, 300) and spans[-1][1] == 1000 and len(spans) == 4
     assert drew_fig.chunk_spans(2, 300, None) == [(0, 300), (300, 600)]
+
+
+def _drawn_chunk_size(monkeypatch, argv: list[str]) -> int:
+    seen = []
+    monkeypatch.setattr(drew_fig, "draw", lambda sequences, chunk_size, summary, output: seen.append(chunk_size))
+    assert drew_fig.main(argv + ["-q"]) == 0
+    return seen[0]
+
+
+def _write_manifest(outdir: Path, content: dict) -> None:
+    manifest = outdir / outputs.WORK_DIR_NAME / outputs.MANIFEST_NAME
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps(content))
+
+
+def test_chunk_size_is_read_from_the_runs_manifest(outdir: Path, monkeypatch) -> None:
+    results = str(outdir / "prediction_results.txt")
+    assert _drawn_chunk_size(monkeypatch, [results]) == 300  # inferred from the summary
+    (outdir / "prediction_summary.tsv").unlink()
+    _write_manifest(outdir, {"chunk_size": 333, "finished": True})
+    assert _drawn_chunk_size(monkeypatch, [results]) == 333  # the run's record, no summary needed
+    assert _drawn_chunk_size(monkeypatch, [results, "--chunk-size", "500"]) == 500  # the flag wins
+
+
+def test_unusable_manifest_falls_back_to_the_summary(outdir: Path, monkeypatch) -> None:
+    _write_manifest(outdir, {"chunk_size": "three hundred"})
+    assert _drawn_chunk_size(monkeypatch, [str(outdir / "prediction_results.txt")]) == 300

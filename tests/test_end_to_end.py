@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 import drew_fig
@@ -16,6 +17,7 @@ import units
 from test_prediction import original_consensus, read_rows
 
 
+@pytest.mark.slow
 def test_training_to_prediction_flow(tmp_path, golden_dir, esm_model_dir, dnabert_model_dir):
     data = tmp_path / "data"
     shutil.copytree(golden_dir / "train_300" / "data", data)

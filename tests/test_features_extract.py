@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import features_extract
+import virnucpro
 import units
 
 SPF = 4  # sequences per split file in these tests
@@ -104,6 +105,9 @@ def test_merged_features_labels_determinism_and_legacy_reuse(data_dir: Path, mod
         assert obj["data"].shape == (len(obj["ids"]), 768 + 64)
         assert obj["dna_dim"] == 768 and obj["protein_dim"] == 64
         assert len(obj["ids"]) == SPF and torch.isfinite(obj["data"]).all()
+        assert obj["virnucpro_version"] == virnucpro.__version__
+    for features in [*data_dir.glob("*/output_*_DNABERT_S.pt"), *data_dir.glob("*/output_*_ESM.pt")]:
+        assert torch.load(features, weights_only=True)["virnucpro_version"] == virnucpro.__version__, features
     viral_ids = [r.id for r in units.read_fasta(data_dir / "viral.1.1.identified_nucleotide.fa")]
     assert merged[viral_names[0]]["ids"] == viral_ids[:SPF]
 

@@ -135,7 +135,7 @@ def test_keep_features_writes_merged_files(run, tmp_path, golden_dir, esm_model_
     for path in files:
         merged = torch.load(path, weights_only=True)
         assert merged["data"].shape == (len(merged["ids"]), merged["dna_dim"] + merged["protein_dim"])
-        assert merged["dna_dim"] == 768
+        assert merged["dna_dim"] == 768 and merged["virnucpro_version"] == units.__version__
         ids += merged["ids"]
     assert ids == [r[0] for r in read_rows(out / "prediction_results.txt")[1:]]
 
@@ -336,16 +336,32 @@ def _peak_rss_kib(cmd: list[str]) -> int:
     return int(done.stdout.split()[-1])
 
 
+def _write_unscorable(path: Path, records: int, length: int) -> Path:
+    """Records of N only: chunked, framed and written like any input, but no frame is kept to embed."""
+    line = "N" * length + "\n"
+    with open(path, "w") as handle:
+        for index in range(records):
+            handle.write(f">n{index}\n{line}")
+    return path
+
+
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_input(tmp_path, esm_model_dir, dnabert_model_dir, checkpoint_300):
-    rng = random.Random(5)
-    records = [(f"r{i}", random_dna(rng, 300)) for i in range(3000)]
-    small = write_fasta(tmp_path / "small.fa", records[:300])
-    large = write_fasta(tmp_path / "large.fa", records)
+    """A 60 MB input must cost no more peak memory than a 1 MB one, give or take 20 MB.
+
+    Holding the 60 MB of sequences (12,000 records of 5 kb) at once costs more: a variant
+    that reads every shard's records before scoring peaked 61 MiB above the small run
+    (VmHWM) and fails here; the streaming engine passes.  N-only records keep the run
+    short: they stream, chunk and get written like any input, but no frame survives to
+    be embedded.
+    """
+    small = _write_unscorable(tmp_path / "small.fa", 200, 5000)
+    large = _write_unscorable(tmp_path / "large.fa", 12000, 5000)
     rss = [_peak_rss_kib(_cli(esm_model_dir, dnabert_model_dir, checkpoint_300, fasta, tmp_path / fasta.stem,
-                              "--shard-size", "100"))
+                              "--shard-size", "2000"))
            for fasta in (small, large)]
-    assert rss[1] < rss[0] * 1.10 + 20 * 1024, rss
+    shutil.rmtree(tmp_path / "large")
+    assert rss[1] < rss[0] + 20 * 1024, rss
 
 
 # --- inputs that are not plain DNA files -------------------------------------------------------

@@ -13,6 +13,8 @@ import torch
 
 import train
 import units
+from virnucpro import training, training_data
+from virnucpro.ids import source_sequence_id
 
 DNA_DIM, PROTEIN_DIM = 24, 16
 WIDTH = DNA_DIM + PROTEIN_DIM
@@ -178,9 +180,9 @@ def test_saved_metrics_match_reevaluation_of_saved_model(merge_dir, tmp_path):
     out = tmp_path / "m.pth"
     assert run_train(merge_dir, out, "--epochs", "8", "--patience", "2") == 0
     model, meta = units.load_checkpoint(out)
-    data = train.load_training_data(merge_dir, progress=False)
-    _, test_rows = train.make_split(data, "sequence", 0.1, 42)
-    again = train.evaluate(model, data.features, data.labels, test_rows, torch.device("cpu"))
+    data = training_data.load_training_data(merge_dir, progress=False)
+    _, test_rows = training_data.make_split(data, "sequence", 0.1, 42)
+    again = training.evaluate(model, data.features, data.labels, test_rows, torch.device("cpu"))
     recorded = meta["metrics"]
     assert recorded["n_test"] == again["n"] == len(test_rows)
     assert again["loss"] == pytest.approx(recorded["loss"], rel=1e-6, abs=1e-9)
@@ -194,7 +196,7 @@ def test_saved_metrics_match_reevaluation_of_saved_model(merge_dir, tmp_path):
 def test_best_epoch_weights_are_copied_restored_and_saved(merge_dir, tmp_path, monkeypatch, losses, patience,
                                                            best_epoch, epochs_run, stopped):
     """Hold-out losses are scripted; the checkpoint must hold the weights of the best epoch."""
-    real_evaluate = train.evaluate
+    real_evaluate = training.evaluate
     snapshots = []
 
     def scripted(model, features, labels, rows, device):
@@ -203,7 +205,7 @@ def test_best_epoch_weights_are_copied_restored_and_saved(merge_dir, tmp_path, m
         metrics["loss"] = losses[len(snapshots) - 1]
         return metrics
 
-    monkeypatch.setattr(train, "evaluate", scripted)
+    monkeypatch.setattr(training, "evaluate", scripted)
     out = tmp_path / "m.pth"
     assert run_train(merge_dir, out, "--epochs", str(len(losses)), "--patience", str(patience)) == 0
     saved = torch.load(out, weights_only=True)
@@ -226,7 +228,7 @@ def test_one_class_hold_out_reports_nan_auroc(merge_dir, tmp_path, monkeypatch):
         rest = np.setdiff1d(np.arange(len(data.labels)), viral[:6])
         return rest, viral[:6]
 
-    monkeypatch.setattr(train, "make_split", viral_only_hold_out)
+    monkeypatch.setattr(training_data, "make_split", viral_only_hold_out)
     out = tmp_path / "m.pth"
     assert run_train(merge_dir, out) == 0
     assert math.isnan(torch.load(out, weights_only=True)["metrics"]["auroc"])
@@ -235,10 +237,10 @@ def test_one_class_hold_out_reports_nan_auroc(merge_dir, tmp_path, monkeypatch):
 
 
 def test_compute_metrics_one_class():
-    metrics = train.compute_metrics(np.array([1, 1, 1]), np.array([1, 0, 1]), np.array([0.9, 0.2, 0.8]), 0.5)
+    metrics = training.compute_metrics(np.array([1, 1, 1]), np.array([1, 0, 1]), np.array([0.9, 0.2, 0.8]), 0.5)
     assert math.isnan(metrics["auroc"])
     assert metrics["accuracy"] == pytest.approx(2 / 3) and metrics["correct"] == 2 and metrics["n"] == 3
-    both = train.compute_metrics(np.array([0, 1]), np.array([0, 1]), np.array([0.1, 0.9]), 0.1)
+    both = training.compute_metrics(np.array([0, 1]), np.array([0, 1]), np.array([0.1, 0.9]), 0.1)
     assert both["auroc"] == 1.0 and both["f1"] == 1.0
 
 
@@ -255,7 +257,7 @@ def test_compute_metrics_one_class():
     ("plain", "plain"),
 ])
 def test_source_sequence_id(row_id, source):
-    assert train.source_sequence_id(row_id) == source
+    assert source_sequence_id(row_id) == source
 
 
 def test_group_split_keeps_every_frame_and_chunk_of_a_sequence_together():
@@ -267,30 +269,30 @@ def test_group_split_keeps_every_frame_and_chunk_of_a_sequence_together():
             for frame in rng.sample(["F1", "F2", "F3", "R1", "R2", "R3"], rng.randint(1, 6)):
                 ids.append(f"seq{s}.1_chunk_{k}{frame}")
                 labels.append(label)
-    groups = [train.source_sequence_id(i) for i in ids]
-    train_rows, test_rows = train.split_groups(groups, labels, 0.1, 42)
+    groups = [source_sequence_id(i) for i in ids]
+    train_rows, test_rows = training_data.split_groups(groups, labels, 0.1, 42)
     assert sorted(np.concatenate([train_rows, test_rows]).tolist()) == list(range(len(ids)))
     train_seqs = {groups[i] for i in train_rows}
     test_seqs = {groups[i] for i in test_rows}
     assert train_seqs and test_seqs and not train_seqs & test_seqs
     assert {labels[i] for i in test_rows} == {0, 1}  # the hold-out is taken per class
     assert 0.05 < len(test_rows) / len(ids) < 0.25
-    again = train.split_groups(groups, labels, 0.1, 42)
+    again = training_data.split_groups(groups, labels, 0.1, 42)
     assert np.array_equal(again[1], test_rows)
-    other = train.split_groups(groups, labels, 0.1, 43)
+    other = training_data.split_groups(groups, labels, 0.1, 43)
     assert not np.array_equal(other[1], test_rows)
 
 
 def test_group_split_keeps_a_lone_sequence_of_a_class_in_training():
     groups = ["v1"] * 4 + ["h1"] * 3 + ["h2"] * 3 + ["h3"] * 3
     labels = [1] * 4 + [0] * 9
-    train_rows, test_rows = train.split_groups(groups, labels, 0.5, 0)
+    train_rows, test_rows = training_data.split_groups(groups, labels, 0.5, 0)
     assert set(range(4)) <= set(train_rows.tolist())
     assert len(test_rows) > 0 and all(labels[i] == 0 for i in test_rows)
 
 
 def test_record_split_is_the_original_row_split():
-    train_rows, test_rows = train.split_records(1000, 0.1, 42)
+    train_rows, test_rows = training_data.split_records(1000, 0.1, 42)
     indices = list(range(1000))
     random.seed(42)
     random.shuffle(indices)  # what the original train.py does
@@ -304,12 +306,12 @@ def test_sequences_spanning_files_are_grouped_together(tmp_path):
     write_merged(merge / "viral.1.1_merged" / "output_1_merged.pt", shared[:5], 1, seed=1)
     write_merged(merge / "viral.1.1_merged" / "output_2_merged.pt", shared[5:], 1, seed=2)
     write_merged(merge / "host_merged" / "output_1_merged.pt", row_ids("NC_H_", 4), 0, seed=3)
-    data = train.load_training_data(merge, progress=False)
+    data = training_data.load_training_data(merge, progress=False)
     assert data.features.shape == (32, WIDTH) and data.features.dtype == torch.float32
     assert data.labels.tolist() == [1] * 16 + [0] * 16
     assert len(set(data.groups.tolist())) == 8
     assert data.groups[4] == data.groups[5]  # NC_V_1.1 has rows in both viral files
-    train_rows, test_rows = train.make_split(data, "sequence", 0.25, 42)
+    train_rows, test_rows = training_data.make_split(data, "sequence", 0.25, 42)
     assert not set(data.groups[train_rows].tolist()) & set(data.groups[test_rows].tolist())
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import units
+from virnucpro.features import read_merged_file, require_finite, save_merged
 
 
 # ---------------------------------------------------------------------------
@@ -50,6 +51,10 @@ def test_merge_original_formats(tmp_path, data_type, label):
     saved = torch.load(merged_path, weights_only=True)
     assert saved["ids"] == merged["ids"] and saved["labels"] == label
     torch.testing.assert_close(saved["data"], merged["data"])
+    assert saved["virnucpro_version"] == units.__version__
+    read = read_merged_file(merged_path)
+    assert (read.ids, read.dna_dim, read.protein_dim, read.labels) == (merged["ids"], 768, 64, label)
+    torch.testing.assert_close(read.data, merged["data"])
 
 
 def test_merge_new_tensor_formats_and_no_label(tmp_path):
@@ -107,6 +112,7 @@ def test_checkpoint_roundtrip(tmp_path):
     for key in units.CHECKPOINT_KEYS:
         assert key in raw
     assert raw["input_dim"] == 832 and raw["label_map"] == {0: "others", 1: "virus"}
+    assert raw["virnucpro_version"] == units.__version__
     loaded, meta = units.load_checkpoint(path)
     assert not loaded.training
     assert meta["chunk_size"] == 300 and meta["protein_model"] == "prot/y" and meta["metrics"] == {"f1": 0.5}
@@ -205,3 +211,29 @@ def test_checkpoint_with_mismatched_weights_is_refused(tmp_path):
     torch.save(checkpoint, path)
     with pytest.raises(units.CheckpointError, match="do not fit"):
         units.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"ids": ["a"]}, "'ids' (1) does not list the 2 rows"),
+    ({"dna_dim": 10}, "dna_dim 10 + protein_dim 6 != feature width 14"),
+    ({"dna_dim": "wide"}, "not integers"),
+    ({"labels": [0, 1, 1]}, "'labels' must be [0] or [1]"),
+    ({"data": torch.zeros(2, 14, dtype=torch.int64)}, "expected floating point"),
+    ({"data": torch.zeros(14)}, "must be a 2-D tensor"),
+])
+def test_read_merged_file_names_the_file_and_the_fault(tmp_path, change, words):
+    path = tmp_path / "m.pt"
+    good = save_merged(path, ["a", "b"], torch.zeros(2, 14), 8, 6, labels=[1])
+    assert read_merged_file(path).labels == [1]
+    torch.save({**good, **change}, path)
+    with pytest.raises(units.FeatureFileError) as err:
+        read_merged_file(path)
+    assert str(path) in str(err.value) and words in str(err.value)
+
+
+def test_require_finite_counts_bad_rows(tmp_path):
+    data = torch.zeros(3, 4)
+    require_finite(tmp_path / "m.pt", data)
+    data[1, 2], data[2, 0] = float("nan"), float("inf")
+    with pytest.raises(units.FeatureFileError, match="2 row"):
+        require_finite(tmp_path / "m.pt", data)

@@ -12,7 +12,6 @@ import torch
 
 import standins
 import units
-import virnucpro.embed
 import virnucpro.models
 from virnucpro import provenance
 
@@ -72,46 +71,12 @@ def test_load_protein_model_from_directory(esm, esm_model_dir):
     assert not esm.model.training
     assert type(esm.model).__module__.startswith("transformers_modules.")
     assert units.load_protein_model(str(esm_model_dir), "cpu") is esm  # loaded once per process
-    out = esm.model(input_ids=torch.tensor([[0, 5, 6, 2]]), attention_mask=torch.ones(1, 4, dtype=torch.long))
-    assert out.last_hidden_state.shape == (1, 4, 64)
 
 
-def test_load_dnabert_model_from_directory(dna):
-    assert dna.hidden_size == 768 and dna.dtype == torch.float32
-    ids = dna.tokenizer("ACGTACGTAA")["input_ids"]
-    assert ids[0] == 1 and ids[-1] == 2 and dna.tokenizer.pad_token_id == 3
-    out = dna.model(torch.tensor([ids]))
-    assert isinstance(out, tuple) and out[0].shape == (1, len(ids), 768)
-
-
-@pytest.mark.parametrize("which", ["esm", "dna"])
-def test_standin_attention_mask_matters(which, esm, dna):
-    """Sanity check of the stand-ins: ignoring padding would change the numbers."""
-    if which == "esm":
-        model, pad, long_ids, short_ids = esm.model, 1, [0] + [5] * 20 + [2], [0, 6, 7, 2]
-    else:
-        model, pad = dna.model, 3
-        long_ids = dna.tokenizer("ACGT" * 30)["input_ids"]
-        short_ids = dna.tokenizer("GGCA")["input_ids"]
-    width = len(long_ids)
-    batch = torch.full((2, width), pad)
-    batch[0] = torch.tensor(long_ids)
-    batch[1, :len(short_ids)] = torch.tensor(short_ids)
-    mask = (torch.arange(width)[None, :] < torch.tensor([[width], [len(short_ids)]])).long()
-
-    def hidden(*args, **kwargs):
-        out = model(*args, **kwargs)
-        return virnucpro.embed._last_hidden_state(out)
-
-    with torch.no_grad():
-        alone = hidden(input_ids=torch.tensor([short_ids]))[0]
-        masked = hidden(input_ids=batch, attention_mask=mask)[1, :len(short_ids)]
-        unmasked = hidden(input_ids=batch, attention_mask=torch.ones_like(mask))[1, :len(short_ids)]
-    torch.testing.assert_close(masked, alone, atol=1e-5, rtol=1e-5)
-    assert (unmasked - alone).abs().max() > 1e-3
-    if which == "dna":
-        full = hidden(batch, attention_mask=mask)
-        assert torch.all(full[1, len(short_ids):] == 0)
+def test_load_dnabert_model_from_directory(dna, dnabert_model_dir):
+    assert dna.hidden_size == 768 and dna.dtype == torch.float32 and dna.device.type == "cpu"
+    assert not dna.model.training
+    assert units.load_dnabert_model(str(dnabert_model_dir), "cpu") is dna  # loaded once per process
 
 
 def test_default_hub_ids_resolve_offline(fake_hub, esm, dna):
@@ -218,13 +183,29 @@ def test_embed_proteins_pooling_is_residue_mean(esm):
     assert (got[0] - got[1]).abs().max() > 1e-3  # embeddings are not all the same
 
 
-def test_embed_proteins_truncates_at_1024(esm):
-    long = "".join(random.Random(5).choice(AMINO) for _ in range(1500))
-    got = units.embed_proteins([long, long[:1024]], esm)
-    torch.testing.assert_close(got[0], got[1], atol=1e-5, rtol=0)
-    torch.testing.assert_close(got[1], manual_protein(esm, long[:1024]), atol=1e-5, rtol=0)
-    untruncated = units.embed_proteins([long], esm, truncation_seq_length=2000)
-    assert (untruncated[0] - got[0]).abs().max() > 1e-4
+def full_context_protein(esm, protein: str, pooled: int = 1024) -> torch.Tensor:
+    """The original's rule, one protein at a time: the WHOLE protein in, mean over residues 1..min(L, 1024)."""
+    tok = esm.tokenizer
+    ids = [tok.cls_token_id, *tok.convert_tokens_to_ids(list(protein)), tok.eos_token_id]
+    with torch.no_grad():
+        hidden = esm.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    return hidden[1:min(len(protein), pooled) + 1].mean(0)
+
+
+@pytest.mark.parametrize("buckets", [False, True])
+def test_embed_proteins_long_proteins_see_their_whole_sequence(esm, buckets):
+    rng = random.Random(5)
+    long = "".join(rng.choice(AMINO) for _ in range(1500))
+    proteins = [long, "".join(rng.choice(AMINO) for _ in range(1100)), long[:1024], "MKVLAW", long[:1025]]
+    # 1200 tokens: the long proteins are each a batch of their own, the short ones share one
+    got = units.embed_proteins(proteins, esm, batch_tokens=1200, length_buckets=buckets)
+    expected = torch.stack([full_context_protein(esm, p) for p in proteins])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # the residues beyond 1024 change the pooled residues' context: not the truncated input
+    assert (got[0] - got[2]).abs().max() > 1e-4
+    assert (got[4] - got[2]).abs().max() > 1e-5
+    pooled_500 = units.embed_proteins([long], esm, truncation_seq_length=500)
+    torch.testing.assert_close(pooled_500[0], full_context_protein(esm, long, 500), atol=1e-5, rtol=0)
 
 
 def test_embed_proteins_case_stop_and_rare_letters(esm):

@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import __version__
 from .defaults import ESM2_3B_MODEL, LABEL_MAP
 from .errors import CheckpointError
-from .files import atomic_torch_save
+from .files import atomic_torch_save, require_file
 from .models import resolve_device
+from .outputs import VERSION_KEY
 
 CHECKPOINT_FORMAT_VERSION = 2
 
@@ -80,6 +82,7 @@ def save_checkpoint(path: str | os.PathLike, model: MLPClassifier, *, dna_model:
         "label_map": {int(k): str(v) for k, v in (label_map or LABEL_MAP).items()},
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "format_version": CHECKPOINT_FORMAT_VERSION,
+        VERSION_KEY: __version__,
         "metrics": dict(metrics or {}),
     }
     atomic_torch_save(checkpoint, path)
@@ -191,10 +194,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     nothing is ever unpickled outside the weights-only loader.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a .pth checkpoint")
+    require_file(path, ".pth checkpoint", CheckpointError)
     inspect_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -15,7 +15,8 @@ import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from . import __version__
-from .defaults import DEFAULT_BATCH_TOKENS, DNABERT_S_MODEL, FASTESM_MODEL
+from .defaults import (CUDA_BATCH_TOKENS, CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DEFAULT_BATCH_TOKENS,
+                       DNA_PRECISIONS, DNABERT_S_MODEL, FASTESM_MODEL, PROTEIN_PRECISIONS)
 from .errors import DataSourceError, RunFailedError, VirNucProError
 
 log = logging.getLogger("virnucpro")
@@ -78,9 +79,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dnabert-revision", default=None, metavar="REV",
                        help="hub branch, tag or commit of --dnabert-model (default: the latest, recorded as a commit)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--fp32", action="store_true", help="run the protein model in fp32 on CUDA instead of fp16")
-    group.add_argument("--batch-tokens", type=positive_int, default=DEFAULT_BATCH_TOKENS,
-                       help="padded tokens per language-model batch (lower it if GPU memory is short)")
+    group.add_argument("--protein-precision", choices=PROTEIN_PRECISIONS, default=None,
+                       help=f"protein model precision (default: fp32 on the CPU, {CUDA_PROTEIN_PRECISION} on CUDA)")
+    group.add_argument("--fp32", dest="protein_precision", action="store_const", const="fp32",
+                       help="same as --protein-precision fp32")
+    group.add_argument("--dna-precision", choices=DNA_PRECISIONS, default=None,
+                       help=f"DNA model precision; tf32 = fp32 with TF32 matmuls, fp16/bf16 under autocast "
+                            f"(default: fp32 on the CPU, {CUDA_DNA_PRECISION} on CUDA)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the encoder layers (dynamic shapes); falls back to eager on failure")
+    group.add_argument("--batch-tokens", type=positive_int, default=None,
+                       help=f"padded tokens per language-model batch (default: {DEFAULT_BATCH_TOKENS} on the CPU, "
+                            f"{CUDA_BATCH_TOKENS} on CUDA; lower it if GPU memory is short)")
 
 
 def positive_int(text: str) -> int:

@@ -1,23 +1,62 @@
 """Token-budget batching and the two embeddings (protein and DNA), float32 on the CPU.
 
-Protein: mean of FastESM2's last hidden state over residues 1..min(L, 1024).
-DNA: DNABERT-S mean over all non-padding tokens, [CLS] and [SEP] included.
+Protein: mean of FastESM2's last hidden state over residues 1..min(L, 1024), the WHOLE
+protein fed to the model (as the original did; a protein longer than the token budget
+is a batch of its own).  DNA: DNABERT-S mean over all non-padding tokens, [CLS] and
+[SEP] included.  Identical sequences are embedded once (see :mod:`virnucpro.tokens`).
+
+The device loop sends one (pinned, non-blocking on CUDA) int64 tensor per batch
+holding the ids, the lengths and the pooled counts; masks are built on the device;
+results go into a length-sorted buffer by slices and are permuted back once per call,
+so the host never waits for the device inside the loop.  With ``length_buckets``
+(default on CUDA) batches hold proteins of one exact length and run without an
+attention mask, so SDPA can use its flash kernel (a long protein alone included).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .defaults import DEFAULT_BATCH_TOKENS, TRUNCATION_SEQ_LENGTH
-from .errors import InputError, ModelLoadError
-from .fasta import PROTEIN_ALPHABET, PROTEIN_REPLACEMENTS
-from .models import LoadedModel
+from .defaults import CUDA_BATCH_TOKENS, DEFAULT_BATCH_TOKENS, TRUNCATION_SEQ_LENGTH
+from .models import LoadedModel, precision_context, uncompile_encoder_layers
+from .tokens import TokenSet, tokenize_dna, tokenize_proteins
 
 log = logging.getLogger("virnucpro")
 
+
+def default_batch_tokens(device: torch.device | str) -> int:
+    """Padded tokens per batch when none is given: ``CUDA_BATCH_TOKENS`` on CUDA, else 16384."""
+    return CUDA_BATCH_TOKENS if torch.device(device).type == "cuda" else DEFAULT_BATCH_TOKENS
+
+
+def plan_batches(lengths: Sequence[int] | np.ndarray, max_tokens: int,
+                 exact_lengths: bool = False) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Rows sorted longest first, and ``(start, stop)`` slices of that order, one per batch.
+
+    A batch's padded size (count x longest) fits ``max_tokens``; a single item longer
+    than the budget gets a batch of its own.  With ``exact_lengths`` every batch holds
+    one length only (no padding at all).
+    """
+    if max_tokens <= 0:
+        raise ValueError("max_tokens must be positive")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.lexsort((np.arange(len(lengths)), -lengths))
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for position, size in enumerate(lengths[order].tolist()):
+        if position == start:
+            longest = size
+            continue
+        if longest * (position - start + 1) > max_tokens or (exact_lengths and size != longest):
+            bounds.append((start, position))
+            start, longest = position, size
+    if len(order):
+        bounds.append((start, len(order)))
+    return order, bounds
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -26,155 +65,8 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[i
     Indices are sorted by length, longest first, so padding stays small; a single item
     longer than the budget gets a batch of its own.
     """
-    if max_tokens <= 0:
-        raise ValueError("max_tokens must be positive")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for index in order:
-        size = lengths[index]
-        if current and max(longest, size) * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(index)
-        longest = max(longest, size)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _run_batches(batches: list[list[int]], compute: Callable[[list[int]], torch.Tensor],
-                 rows: int, width: int, device: torch.device, desc: str, progress: bool) -> torch.Tensor:
-    """Embed every batch into a (rows, width) float32 tensor returned on the CPU.
-
-    Results stay on ``device`` until the end, so on CUDA the host prepares the next
-    batch while the GPU works (one copy back, no per-batch synchronisation).  On CUDA
-    out-of-memory a batch is split in two and retried.
-    """
-    out = torch.empty((rows, width), dtype=torch.float32, device=device)
-    pending = list(reversed(batches))
-    with tqdm(total=rows, desc=desc, unit="seq", disable=not progress, leave=False) as bar:
-        while pending:
-            batch = pending.pop()
-            try:
-                out[torch.tensor(batch, device=device)] = compute(batch)
-            except torch.cuda.OutOfMemoryError:
-                if len(batch) == 1:
-                    raise
-                torch.cuda.empty_cache()
-                half = len(batch) // 2
-                log.warning("CUDA out of memory on a batch of %d; retrying as two halves", len(batch))
-                pending.extend([batch[half:], batch[:half]])
-                continue
-            bar.update(len(batch))
-    return out.cpu()
-
-
-
-def _clean_protein(record_id: str, sequence: str) -> str:
-    """Upper-case, drop one trailing stop, map internal stops and J to X; reject the rest."""
-    protein = sequence.upper()
-    if protein.endswith("*"):
-        protein = protein[:-1]
-    if not protein:
-        raise InputError(f"protein '{record_id}' is empty")
-    for old, new in PROTEIN_REPLACEMENTS.items():
-        protein = protein.replace(old, new)
-    bad = set(protein) - set(PROTEIN_ALPHABET)
-    if bad:
-        raise InputError(f"protein '{record_id}' has characters that are not amino-acid codes: "
-                         f"{''.join(sorted(bad))}")
-    return protein
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor
-
-
-def _padded_batch(token_lists: Sequence[Sequence[int]], batch: list[int], pad_id: int,
-                  pool_special_tokens: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Input ids, attention mask and pooling mask of one batch, padded to its longest member.
-
-    The pooling mask covers every real token, or with ``pool_special_tokens=False``
-    every token but the first and the last (the residues between CLS and EOS).
-    """
-    width = max(len(token_lists[i]) for i in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    pool_mask = torch.zeros((len(batch), width), dtype=torch.float32)
-    skip = 0 if pool_special_tokens else 1
-    for row, index in enumerate(batch):
-        tokens = token_lists[index]
-        input_ids[row, :len(tokens)] = torch.tensor(tokens)
-        attention[row, :len(tokens)] = 1
-        pool_mask[row, skip:len(tokens) - skip] = 1.0
-    return input_ids, attention, pool_mask
-
-
-def embed_token_lists(token_lists: Sequence[Sequence[int]], loaded: LoadedModel, pad_id: int, *,
-                      pool_special_tokens: bool, batch_tokens: int, desc: str, progress: bool) -> torch.Tensor:
-    """Masked mean of the last hidden state of every token list, float32 (N, hidden) on the CPU."""
-    if not token_lists:
-        return torch.empty((0, loaded.hidden_size), dtype=torch.float32)
-    model, device = loaded.model, loaded.device
-
-    def compute(batch: list[int]) -> torch.Tensor:
-        tensors = _padded_batch(token_lists, batch, pad_id, pool_special_tokens)
-        input_ids, attention, pool_mask = (_to_device(t, device) for t in tensors)
-        with torch.inference_mode():
-            hidden = _last_hidden_state(model(input_ids=input_ids, attention_mask=attention)).float()
-            return (hidden * pool_mask.unsqueeze(-1)).sum(1) / pool_mask.sum(1, keepdim=True)
-
-    batches = token_budget_batches([len(t) for t in token_lists], batch_tokens)
-    return _run_batches(batches, compute, len(token_lists), loaded.hidden_size, device, desc, progress)
-
-
-def embed_proteins(sequences: Sequence[str], loaded: LoadedModel, *,
-                   truncation_seq_length: int = TRUNCATION_SEQ_LENGTH,
-                   batch_tokens: int = DEFAULT_BATCH_TOKENS, ids: Sequence[str] | None = None,
-                   progress: bool = False) -> torch.Tensor:
-    """Mean of the last hidden state over residues 1..min(L, truncation), float32 (N, D).
-
-    Each residue is one token (the sequence is upper-cased and looked up letter by
-    letter), so the pooled positions are exactly the residues; the input is truncated
-    to ``truncation_seq_length`` residues before the model sees it.
-    """
-    ids = list(ids) if ids is not None else [str(i) for i in range(len(sequences))]
-    tokenizer = loaded.tokenizer
-    cls_id, eos_id, pad_id = _special_ids(tokenizer)
-    residue_id = _residue_token_ids(tokenizer)
-    token_ids: list[list[int]] = []
-    for record_id, sequence in zip(ids, sequences):
-        protein = _clean_protein(record_id, sequence)[:truncation_seq_length]
-        try:
-            token_ids.append([cls_id, *map(residue_id.__getitem__, protein), eos_id])
-        except KeyError as exc:
-            raise InputError(f"protein '{record_id}': the tokenizer does not know {exc.args[0]}") from None
-    return embed_token_lists(token_ids, loaded, pad_id, pool_special_tokens=False, batch_tokens=batch_tokens,
-                             desc="protein embeddings", progress=progress)
-
-
-def _residue_token_ids(tokenizer: Any) -> dict[str, int]:
-    """One token id per amino-acid letter the tokenizer knows (unknown letters left out)."""
-    unk_id = getattr(tokenizer, "unk_token_id", None)
-    ids = dict(zip(PROTEIN_ALPHABET, tokenizer.convert_tokens_to_ids(list(PROTEIN_ALPHABET))))
-    return {letter: token for letter, token in ids.items() if token is not None and token != unk_id}
-
-
-def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
-    cls_id = getattr(tokenizer, "cls_token_id", None)
-    if cls_id is None:
-        cls_id = getattr(tokenizer, "bos_token_id", None)
-    eos_id = getattr(tokenizer, "eos_token_id", None)
-    if eos_id is None:
-        eos_id = getattr(tokenizer, "sep_token_id", None)
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    if cls_id is None or eos_id is None or pad_id is None:
-        raise ModelLoadError("protein tokenizer lacks cls/eos/pad tokens")
-    return cls_id, eos_id, pad_id
+    order, bounds = plan_batches(lengths, max_tokens)
+    return [order[a:b].tolist() for a, b in bounds]
 
 
 def _last_hidden_state(output: Any) -> torch.Tensor:
@@ -187,14 +79,103 @@ def _last_hidden_state(output: Any) -> torch.Tensor:
     return hidden
 
 
-def embed_dna(sequences: Sequence[str], loaded: LoadedModel, *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+def _host_batch(tokens: TokenSet, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The packed batch on ``device``: built straight into pinned memory and copied without blocking on CUDA."""
+    width = int(tokens.lengths[rows].max()) + 2
+    if device.type != "cuda":
+        return torch.from_numpy(tokens.padded(rows))
+    pinned = torch.empty((len(rows), width), dtype=torch.int64, pin_memory=True)
+    tokens.padded(rows, out=pinned.numpy())
+    return pinned.to(device, non_blocking=True)
+
+
+def _pooled(loaded: LoadedModel, packed: torch.Tensor, pool_start: int, masked: bool) -> torch.Tensor:
+    """Masked mean of the last hidden state over the pooled positions of one packed batch."""
+    width = packed.shape[1] - 2
+    input_ids, lengths, pooled = packed[:, :width].contiguous(), packed[:, width], packed[:, width + 1]
+    positions = torch.arange(width, device=packed.device)
+    attention = (positions[None, :] < lengths[:, None]).long() if masked else None
+    pool_mask = ((positions[None, :] >= pool_start)
+                 & (positions[None, :] < pool_start + pooled[:, None])).to(torch.float32)
+    with torch.inference_mode(), precision_context(loaded):
+        hidden = _last_hidden_state(loaded.model(input_ids=input_ids, attention_mask=attention)).float()
+    return (hidden * pool_mask.unsqueeze(-1)).sum(1) / pool_mask.sum(1, keepdim=True)
+
+
+def embed_tokens(tokens: TokenSet, loaded: LoadedModel, *, batch_tokens: int | None = None,
+                 length_buckets: bool | None = None, desc: str = "embeddings",
+                 progress: bool = False) -> torch.Tensor:
+    """Pooled last hidden state of every input row of ``tokens``, float32 (N, hidden) on the CPU.
+
+    On CUDA out-of-memory a batch is split in two and retried; a torch.compile failure
+    falls back to eager execution once.
+    """
+    device = loaded.device
+    if tokens.rows == 0:
+        return torch.empty((0, loaded.hidden_size), dtype=torch.float32)
+    batch_tokens = batch_tokens or default_batch_tokens(device)
+    buckets = device.type == "cuda" if length_buckets is None else length_buckets
+    lengths = tokens.lengths
+    order, bounds = plan_batches(lengths, batch_tokens, exact_lengths=buckets)
+    out = torch.empty((len(order), loaded.hidden_size), dtype=torch.float32, device=device)
+    pending = list(reversed(bounds))
+    with tqdm(total=len(order), desc=desc, unit="seq", disable=not progress, leave=False) as bar:
+        while pending:
+            start, stop = pending.pop()
+            rows = order[start:stop]
+            masked = not (buckets and lengths[rows[0]] == lengths[rows[-1]])
+            try:
+                out[start:stop] = _forward(loaded, _host_batch(tokens, rows, device), tokens.pool_start, masked)
+            except torch.cuda.OutOfMemoryError:
+                if stop - start == 1:
+                    raise
+                torch.cuda.empty_cache()
+                half = (stop - start) // 2
+                log.warning("CUDA out of memory on a batch of %d; retrying as two halves", stop - start)
+                pending.extend([(start + half, stop), (start, start + half)])
+                continue
+            bar.update(stop - start)
+    sorted_position = np.empty(len(order), dtype=np.int64)
+    sorted_position[order] = np.arange(len(order))
+    index = torch.from_numpy(sorted_position[tokens.inverse])
+    if device.type == "cuda":
+        index = index.pin_memory().to(device, non_blocking=True)
+    return out.index_select(0, index).cpu()
+
+
+def _forward(loaded: LoadedModel, packed: torch.Tensor, pool_start: int, masked: bool) -> torch.Tensor:
+    if not loaded.compiled:
+        return _pooled(loaded, packed, pool_start, masked)
+    try:
+        return _pooled(loaded, packed, pool_start, masked)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any compiler failure: eager from now on
+        uncompile_encoder_layers(loaded, exc)
+        return _pooled(loaded, packed, pool_start, masked)
+
+
+def embed_proteins(sequences: Sequence[str], loaded: LoadedModel, *,
+                   truncation_seq_length: int = TRUNCATION_SEQ_LENGTH,
+                   batch_tokens: int | None = None, ids: Sequence[str] | None = None,
+                   progress: bool = False, length_buckets: bool | None = None) -> torch.Tensor:
+    """Mean of the last hidden state over residues 1..min(L, truncation), float32 (N, D).
+
+    Each residue is one token (the sequence is upper-cased and looked up letter by
+    letter), so the pooled positions are exactly the residues; the model sees the
+    whole protein, ``truncation_seq_length`` limits the pooling only.
+    """
+    tokens = tokenize_proteins(sequences, loaded.tokenizer, ids, truncation_seq_length)
+    return embed_tokens(tokens, loaded, batch_tokens=batch_tokens, length_buckets=length_buckets,
+                        desc="protein embeddings", progress=progress)
+
+
+def embed_dna(sequences: Sequence[str], loaded: LoadedModel, *, batch_tokens: int | None = None,
               progress: bool = False) -> torch.Tensor:
     """DNABERT-S mean over all non-padding tokens ([CLS] and [SEP] included), float32 (N, 768).
 
     Batched with an attention mask; equal to the original one-sequence-at-a-time mean.
     """
-    tokenizer = loaded.tokenizer
-    encoded = tokenizer([seq.upper() for seq in sequences])["input_ids"] if sequences else []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return embed_token_lists(encoded, loaded, pad_id, pool_special_tokens=True, batch_tokens=batch_tokens,
-                             desc="DNA embeddings", progress=progress)
+    tokens = tokenize_dna(sequences, loaded.tokenizer)
+    return embed_tokens(tokens, loaded, batch_tokens=batch_tokens, length_buckets=False,
+                        desc="DNA embeddings", progress=progress)

@@ -54,13 +54,20 @@ def read_fasta(path: str | os.PathLike, *, alphabet: str | None = "dna",
     sequence, duplicate ids, letters that do not fit the alphabet, or a file with no
     records (unless ``allow_empty``); truncated gzip streams are reported too.
     """
+    return read_records(path, parse_fasta, "FASTA records", alphabet=alphabet, check_duplicates=check_duplicates,
+                        allow_empty=allow_empty)
+
+
+def read_records(path: str | os.PathLike, parse, what: str, *, alphabet: str | None, check_duplicates: bool,
+                 allow_empty: bool) -> Iterator[FastaRecord]:
+    """Stream the records ``parse(handle, path, alphabet=...)`` finds in a file, checking ids and emptiness."""
     path = Path(path)
     check_input_file(path)
     seen: set[str] | None = set() if check_duplicates else None
     count = 0
     try:
         with open_binary(path) as handle:
-            for _, record in parse_fasta(handle, path, alphabet=alphabet):
+            for _, record in parse(handle, path, alphabet=alphabet):
                 if seen is not None:
                     if record.id in seen:
                         raise InputError(f"{path}: duplicate record id '{shown_text(record.id)}' "
@@ -71,7 +78,7 @@ def read_fasta(path: str | os.PathLike, *, alphabet: str | None = "dna",
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if count == 0 and not allow_empty:
-        raise InputError(f"{path}: no FASTA records found (empty file?)")
+        raise InputError(f"{path}: no {what} found (empty file?)")
 
 
 def parse_fasta(handle: IO[bytes], path: str | os.PathLike, *, alphabet: str | None = "dna",

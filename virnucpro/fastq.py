@@ -13,12 +13,11 @@ import gzip
 import os
 import zipfile
 import zlib
-from pathlib import Path
 from typing import IO, Iterator
 
 from .errors import InputError
-from .fasta import UTF8_BOM, FastaRecord, _finish_record, _lines, check_input_file, parse_fasta, shown_text
-from .files import TEXT_ENCODING, TEXT_ERRORS, open_binary
+from .fasta import UTF8_BOM, FastaRecord, _finish_record, _lines, parse_fasta, read_records, shown_text
+from .files import TEXT_ENCODING, TEXT_ERRORS
 
 FASTA, FASTQ = "fasta", "fastq"
 _SNIFF_BYTES = 1 << 16
@@ -45,24 +44,8 @@ def parse_sequences(handle: IO[bytes], path: str | os.PathLike, *, alphabet: str
 def read_sequences(path: str | os.PathLike, *, alphabet: str | None = "dna", check_duplicates: bool = True,
                    allow_empty: bool = False) -> Iterator[FastaRecord]:
     """Stream the records of a FASTA or FASTQ file (plain or gzip), the format detected from the content."""
-    path = Path(path)
-    check_input_file(path)
-    seen: set[str] | None = set() if check_duplicates else None
-    count = 0
-    try:
-        with open_binary(path) as handle:
-            for _, record in parse_sequences(handle, path, alphabet=alphabet):
-                if seen is not None:
-                    if record.id in seen:
-                        raise InputError(f"{path}: duplicate record id '{shown_text(record.id)}' "
-                                         "(ids must be unique)")
-                    seen.add(record.id)
-                count += 1
-                yield record
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if count == 0 and not allow_empty:
-        raise InputError(f"{path}: no records found (empty file?)")
+    return read_records(path, parse_sequences, "records", alphabet=alphabet, check_duplicates=check_duplicates,
+                        allow_empty=allow_empty)
 
 
 def parse_fastq(handle: IO[bytes], path: str | os.PathLike, *, alphabet: str | None = "dna",

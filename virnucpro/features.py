@@ -5,30 +5,40 @@
 - protein: ``{'proteins': ids, 'data': tensor(N, D), 'model', 'model_revision'}``
   (original lists too);
 - merged: ``{'ids', 'data': tensor(N, dna_dim + protein_dim), 'dna_dim',
-  'protein_dim', 'labels', 'dna_model_revision', 'protein_model_revision'}``; ``ids``
-  lists exactly the rows of ``data``.
+  'protein_dim', 'labels', 'dna_model_revision', 'protein_model_revision'}`` (plus
+  ``dna_model``/``protein_model`` when known); ``ids`` lists exactly the rows of
+  ``data``.  :func:`save_merged` writes it and :func:`read_merged_file` reads and
+  validates it.
 
 ``model_revision`` is the resolved revision of :mod:`virnucpro.provenance`; a feature
-file is reused only for the same model at the same revision.
+file is reused only for the same model at the same revision.  Every file written here
+records the version of this program (``virnucpro_version``).
 """
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import __version__
 from .defaults import DEFAULT_BATCH_TOKENS, DNABERT_S_MODEL, FASTESM_MODEL, TRUNCATION_SEQ_LENGTH
 from .embed import embed_dna, embed_proteins
 from .errors import FeatureFileError
 from .fasta import read_fasta
 from .files import atomic_torch_save
 from .models import load_dnabert_model, load_protein_model, model_name_of, wrap_loaded_model
+from .outputs import VERSION_KEY
 from .provenance import REVISION_KEYS, resolve_model_revision, revision_of_loaded
 
 log = logging.getLogger("virnucpro")
+
+MERGED_WHAT = "merged feature file"
+#: What a merged file may record about the models that made it (all files of a training set must agree).
+MERGED_NAME_KEYS = ("dna_model", "protein_model", "dna_model_revision", "protein_model_revision")
 
 
 def load_feature_object(path: str | os.PathLike, what: str = "feature file", *, mmap: bool = False) -> Any:
@@ -129,8 +139,8 @@ def _reusable(out_file: str | os.PathLike | None, id_key: str, ids: list[str], m
 def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike | None,
                       model_loaded: bool = False, tokenizer: Any = None, model: Any = None, *,
                       model_location: str = DNABERT_S_MODEL, device: str | torch.device | None = "auto",
-                      batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = True,
-                      model_revision: str | None = None) -> tuple[list[str], torch.Tensor]:
+                      batch_tokens: int | None = DEFAULT_BATCH_TOKENS, progress: bool = True,
+                      model_revision: str | None = None, precision: str | None = None) -> tuple[list[str], torch.Tensor]:
     """Embed every sequence of a nucleotide FASTA with DNABERT-S; save and return ``(ids, data)``.
 
     With ``model_loaded=True`` the given ``model``/``tokenizer`` are used as they are
@@ -151,11 +161,11 @@ def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike
             raise ValueError("model_loaded=True needs both model and tokenizer")
         loaded = wrap_loaded_model(model, tokenizer, model_location)
     else:
-        loaded = load_dnabert_model(model_location, device, revision=model_revision)
+        loaded = load_dnabert_model(model_location, device, revision=model_revision, precision=precision)
     data = embed_dna(seqs, loaded, batch_tokens=batch_tokens, progress=progress)
     if out_file is not None:
         atomic_torch_save({"nucleotide": ids, "data": data, "model": loaded.name,
-                           "model_revision": loaded.revision}, out_file)
+                           "model_revision": loaded.revision, VERSION_KEY: __version__}, out_file)
     return ids, data
 
 
@@ -165,7 +175,7 @@ def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MOD
                 out_file: str | os.PathLike | None = None, model_loaded: bool = False, model: Any = None,
                 alphabet: Any = None, *, device: str | torch.device | None = "auto",
                 fp16: bool | None = None, progress: bool = True,
-                model_revision: str | None = None) -> tuple[list[str], torch.Tensor]:
+                model_revision: str | None = None, precision: str | None = None) -> tuple[list[str], torch.Tensor]:
     """Embed every protein of a FASTA file with FastESM2 (or an ESM-2); save and return ``(proteins, data)``.
 
     ``alphabet`` is the tokenizer when ``model_loaded`` (the original passed the ESM
@@ -188,24 +198,25 @@ def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MOD
             raise ValueError("model_loaded=True needs a model and a tokenizer (alphabet or model.tokenizer)")
         loaded = wrap_loaded_model(model, tokenizer, name)
     else:
-        loaded = load_protein_model(model_location, device, fp16, revision=model_revision)
+        loaded = load_protein_model(model_location, device, fp16, revision=model_revision, precision=precision)
     log.info("read %s with %d sequences", fasta_file, len(ids))
     data = embed_proteins(seqs, loaded, truncation_seq_length=truncation_seq_length,
                           batch_tokens=toks_per_batch, ids=ids, progress=progress)
     if out_file is not None:
         atomic_torch_save({"proteins": ids, "data": data, "model": loaded.name,
-                           "model_revision": loaded.revision}, out_file)
+                           "model_revision": loaded.revision, VERSION_KEY: __version__}, out_file)
     return ids, data
 
 
 def merge_data(DNABERT_S_data: str | os.PathLike | dict, ESM_data: str | os.PathLike | dict,
-               merged_file: str | os.PathLike | None, data_type: str | None = None) -> dict[str, Any]:
+               merged_file: str | os.PathLike | None, data_type: str | None = None, *,
+               dna_model: str | None = None, protein_model: str | None = None) -> dict[str, Any]:
     """Concatenate DNA and protein vectors of the ids present in both; save and return the dict.
 
     Output: ``{'ids', 'data': tensor(N, dna_dim + protein_dim), 'dna_dim', 'protein_dim'}``
-    plus ``'labels': [1]`` for ``viral`` or ``[0]`` for ``host``, and the two models'
-    revisions when the feature files record them.  ``ids`` are exactly the rows kept, in
-    DNA-file order.
+    plus ``'labels': [1]`` for ``viral`` or ``[0]`` for ``host``, the two models'
+    revisions when the feature files record them (and the model names when given).
+    ``ids`` are exactly the rows kept, in DNA-file order.
     """
     if data_type not in (None, "viral", "host"):
         raise ValueError(f"data_type must be None, 'viral' or 'host', got {data_type!r}")
@@ -223,18 +234,140 @@ def merge_data(DNABERT_S_data: str | os.PathLike | dict, ESM_data: str | os.Path
         log.warning("%s: %d of %d DNA ids have no protein vector and are left out", where, missing, len(dna_ids))
     dna_rows = torch.tensor([r for r, _ in keep])
     protein_rows = torch.tensor([p for _, p in keep])
-    merged = {
-        "ids": [dna_ids[r] for r, _ in keep],
-        "data": torch.cat((dna[dna_rows], protein[protein_rows]), dim=1),
-        "dna_dim": int(dna.shape[1]),
-        "protein_dim": int(protein.shape[1]),
-    }
-    if data_type is not None:
-        merged["labels"] = [1 if data_type == "viral" else 0]
-    for kind, obj in (("dna", dna_obj), ("protein", protein_obj)):
-        if obj.get("model_revision"):
-            merged[REVISION_KEYS[kind]] = str(obj["model_revision"])
+    revisions = {REVISION_KEYS[kind]: str(obj["model_revision"])
+                 for kind, obj in (("dna", dna_obj), ("protein", protein_obj)) if obj.get("model_revision")}
+    merged = merged_object([dna_ids[r] for r, _ in keep], torch.cat((dna[dna_rows], protein[protein_rows]), dim=1),
+                           int(dna.shape[1]), int(protein.shape[1]),
+                           labels=None if data_type is None else [1 if data_type == "viral" else 0],
+                           dna_model=dna_model, protein_model=protein_model, revisions=revisions)
     if merged_file is not None:
         atomic_torch_save(merged, merged_file)
     return merged
 
+
+# ---------------------------------------------------------------------------
+# The merged format
+# ---------------------------------------------------------------------------
+
+
+def merged_object(ids: list[str], data: torch.Tensor, dna_dim: int, protein_dim: int, *,
+                  labels: list[int] | None = None, dna_model: str | None = None,
+                  protein_model: str | None = None, revisions: dict[str, str] | None = None) -> dict[str, Any]:
+    """The dict of a merged feature file (what :func:`save_merged` writes); ``revisions``: the models' revisions."""
+    if data.dim() != 2 or data.shape[0] != len(ids) or (len(ids) and data.shape[1] != dna_dim + protein_dim):
+        raise ValueError(f"merged data {tuple(data.shape)} does not fit {len(ids)} ids x "
+                         f"({dna_dim} + {protein_dim})")
+    merged: dict[str, Any] = {"ids": list(ids), "data": data, "dna_dim": int(dna_dim),
+                              "protein_dim": int(protein_dim)}
+    if labels is not None:
+        merged["labels"] = list(labels)
+    if dna_model is not None:
+        merged["dna_model"] = str(dna_model)
+    if protein_model is not None:
+        merged["protein_model"] = str(protein_model)
+    merged.update(revisions or {})
+    merged[VERSION_KEY] = __version__
+    return merged
+
+
+def save_merged(path: str | os.PathLike, ids: list[str], data: torch.Tensor, dna_dim: int, protein_dim: int,
+                **optional: Any) -> dict[str, Any]:
+    """Write a merged feature file atomically (``optional``: labels, dna_model, protein_model); returns it."""
+    merged = merged_object(ids, data, dna_dim, protein_dim, **optional)
+    atomic_torch_save(merged, path)
+    return merged
+
+
+@dataclass
+class MergedFile:
+    """A validated merged feature file; ``None`` for what the file does not record."""
+
+    path: Path
+    ids: list[str] | None
+    data: torch.Tensor          # floating point (rows, width); memory-mapped when possible
+    dna_dim: int | None
+    protein_dim: int | None
+    labels: list[int] | None    # [label] for the whole file, or one per row
+    dna_model: str | None = None
+    protein_model: str | None = None
+    dna_model_revision: str | None = None
+    protein_model_revision: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.data.shape[1])
+
+
+def _as_matrix(path: Path, data: Any) -> torch.Tensor:
+    if isinstance(data, (list, tuple)):
+        if not data:
+            return torch.empty(0, 0)
+        if not all(isinstance(row, torch.Tensor) and row.dim() == 1 for row in data):
+            raise FeatureFileError(f"{path}: 'data' is a list but not of 1-D tensors")
+        try:
+            data = torch.stack(list(data))
+        except RuntimeError:
+            raise FeatureFileError(f"{path}: rows of 'data' have different widths") from None
+    if not isinstance(data, torch.Tensor) or data.dim() != 2:
+        shape = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
+        raise FeatureFileError(f"{path}: 'data' must be a 2-D tensor (rows x features), got {shape}")
+    if not data.is_floating_point():
+        raise FeatureFileError(f"{path}: 'data' holds {data.dtype} values, expected floating point")
+    return data
+
+
+def _merged_dims(path: Path, obj: dict, rows: int, width: int) -> tuple[int | None, int | None]:
+    if "dna_dim" not in obj and "protein_dim" not in obj:
+        return None, None
+    try:
+        dims = (int(obj["dna_dim"]), int(obj["protein_dim"]))
+    except (KeyError, TypeError, ValueError):
+        raise FeatureFileError(f"{path}: 'dna_dim'/'protein_dim' missing or not integers") from None
+    if rows and sum(dims) != width:
+        raise FeatureFileError(f"{path}: dna_dim {dims[0]} + protein_dim {dims[1]} != feature width {width}")
+    return dims
+
+
+def _merged_labels(path: Path, labels: Any, rows: int) -> list[int] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, torch.Tensor):
+        labels = labels.tolist()
+    if not isinstance(labels, (list, tuple)) or not labels or len(labels) not in (1, rows):
+        raise FeatureFileError(f"{path}: 'labels' must be [0] or [1] (or one label per row), got "
+                               f"{str(labels)[:60]}")
+    try:
+        return [int(v) for v in labels]
+    except (TypeError, ValueError):
+        raise FeatureFileError(f"{path}: 'labels' must be integers, got {str(labels)[:60]}") from None
+
+
+def read_merged_file(path: str | os.PathLike, *, mmap: bool = True) -> MergedFile:
+    """Read and validate a merged feature file (data matrix, ids, widths, labels), or FeatureFileError."""
+    path = Path(path)
+    obj = load_feature_object(path, MERGED_WHAT, mmap=mmap)
+    if not isinstance(obj, dict) or "data" not in obj:
+        raise FeatureFileError(f"{path}: not a merged feature file (a dict with 'ids' and 'data' expected)")
+    data = _as_matrix(path, obj["data"])
+    rows, width = int(data.shape[0]), int(data.shape[1])
+    ids = obj.get("ids")
+    if ids is not None:
+        if not isinstance(ids, (list, tuple)) or len(ids) != rows:
+            count = len(ids) if isinstance(ids, (list, tuple)) else type(ids).__name__
+            raise FeatureFileError(f"{path}: 'ids' ({count}) does not list the {rows} rows of 'data'")
+        ids = [str(i) for i in ids]
+    dna_dim, protein_dim = _merged_dims(path, obj, rows, width)
+    names = {key: (None if obj.get(key) is None else str(obj[key])) for key in MERGED_NAME_KEYS}
+    return MergedFile(path, ids, data, dna_dim, protein_dim, _merged_labels(path, obj.get("labels"), rows),
+                      **names)
+
+
+def require_finite(path: str | os.PathLike, data: torch.Tensor) -> None:
+    """FeatureFileError naming ``path`` when a row of ``data`` holds NaN or infinite values."""
+    bad = int((~torch.isfinite(data)).any(dim=1).sum()) if data.numel() else 0
+    if bad:
+        raise FeatureFileError(f"{path}: {bad} row(s) hold NaN or infinite values; remake the file")

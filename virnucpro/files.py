@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from .errors import InputError, VirNucProError
+
 GZIP_MAGIC = b"\x1f\x8b"
 TEXT_ENCODING = "utf-8"
 TEXT_ERRORS = "surrogateescape"  # non-UTF-8 header bytes round-trip unchanged
@@ -19,6 +21,22 @@ HASH_BLOCK = 1 << 20
 TEMP_SUFFIX = ".tmp"
 #: ``OSError.errno`` values that mean the file system is full (or the user's quota is).
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def require_file(path: Path, what: str, error: type[VirNucProError] = InputError) -> None:
+    """Raise ``error`` naming ``path`` unless it is an existing file (``what`` says what it should be)."""
+    if not path.exists():
+        raise error(f"{path}: {what} not found")
+    if not path.is_file():
+        raise error(f"{path}: is a directory or special file, expected a {what}")
+
+
+def require_dir(path: Path, what: str = "data directory", hint: str = "") -> None:
+    """Raise InputError naming ``path`` unless it is an existing directory (``hint``: how to make it)."""
+    if not path.exists():
+        raise InputError(f"{path}: {what} not found{hint}")
+    if not path.is_dir():
+        raise InputError(f"{path}: not a directory")
 
 
 def open_text(path: str | os.PathLike) -> IO[str]:

@@ -1,10 +1,11 @@
 """Devices and language models: choice of device, loading once per process, workarounds.
 
-The protein model is FastESM2 (remote code) or any Hugging Face ESM-2 ``EsmModel`` (fp16
-on CUDA); the DNA model is DNABERT-S (remote code, fp32).  Both load with ``AutoModel``
-under transformers 4 and 5 (see :func:`load_pretrained`), pinned to the revision that
-:mod:`virnucpro.provenance` resolved.  The workarounds for their remote code live here
-and nowhere else.
+The protein model is FastESM2 (remote code) or any Hugging Face ESM-2 ``EsmModel``; the DNA
+model is DNABERT-S (remote code).  Each runs in a precision (``fp32``, ``tf32``, ``fp16``,
+``bf16``; defaults: fp32 on the CPU, ``defaults.CUDA_*_PRECISION`` on CUDA).  Both load
+with ``AutoModel`` under transformers 4 and 5 (see :func:`load_pretrained`), pinned to the
+revision that :mod:`virnucpro.provenance` resolved.  The workarounds for their remote code
+live here and nowhere else.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from typing import Any, Iterator
 import torch
 from safetensors import SafetensorError
 
-from .defaults import DNABERT_S_MODEL, FASTESM_MODEL
+from .defaults import (CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DNA_PRECISIONS, DNABERT_S_MODEL, FASTESM_MODEL,
+                       PROTEIN_PRECISIONS)
 from .errors import ModelLoadError, VirNucProError
 
 log = logging.getLogger("virnucpro")
@@ -62,9 +64,50 @@ class LoadedModel:
     hidden_size: int
     #: the resolved revision (hub commit hash, or ``sha256:...`` of a local directory); None if unknown
     revision: str | None = None
+    #: fp32, tf32, fp16 or bf16; 16-bit weights with ``autocast`` also run under torch.autocast.
+    precision: str = "fp32"
+    autocast: bool = False
+    compiled: bool = False
 
 
 _MODEL_CACHE: dict[tuple[str, ...], LoadedModel] = {}
+PRECISION_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_precision(kind: str, precision: str | None, device: torch.device) -> str:
+    """The precision a model runs in: as asked, else fp32 on the CPU and the CUDA default on CUDA."""
+    choices, cuda_default = ((PROTEIN_PRECISIONS, CUDA_PROTEIN_PRECISION) if kind == "protein"
+                             else (DNA_PRECISIONS, CUDA_DNA_PRECISION))
+    if precision is None:
+        return cuda_default if device.type == "cuda" else "fp32"
+    if precision not in choices:
+        raise VirNucProError(f"unknown {kind} precision '{precision}' (use {', '.join(choices)})")
+    return precision
+
+
+@contextlib.contextmanager
+def precision_context(loaded: LoadedModel) -> Iterator[None]:
+    """Run a forward pass of ``loaded`` in its precision (autocast for 16-bit DNABERT-S, TF32 flags).
+
+    DNABERT-S adds a float32 ALiBi/mask bias to the attention scores, so with 16-bit
+    weights alone the probabilities are float32 and the product with the 16-bit values
+    fails; autocast casts both operands of every matmul, which fixes that in the model's
+    own code under either transformers major.  ``tf32`` sets the global TF32 matmul
+    flags for the duration of the call (other threads' fp32 matmuls see them too).
+    """
+    device_type = loaded.device.type
+    if loaded.precision == "tf32":
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    elif loaded.autocast and loaded.precision in ("fp16", "bf16"):
+        with torch.autocast(device_type=device_type, dtype=PRECISION_DTYPES[loaded.precision]):
+            yield
+    else:
+        yield
 
 
 @contextlib.contextmanager
@@ -295,23 +338,28 @@ def _resolve(kind: str, location: str, revision: str | None) -> tuple[str, str |
 
 
 def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.device | None = "auto",
-                       fp16: bool | None = None, revision: str | None = None) -> LoadedModel:
-    """Load FastESM2 or any ESM-2 ``EsmModel`` once per process: fp16 on CUDA unless ``fp16=False``.
+                       fp16: bool | None = None, revision: str | None = None,
+                       precision: str | None = None) -> LoadedModel:
+    """Load FastESM2 or any ESM-2 ``EsmModel`` once per process, in ``precision``.
 
-    ``revision`` pins a hub branch, tag or commit; the loaded model's ``revision`` is the
-    resolved commit (or a local directory's content hash).
+    Without ``precision``: fp16 on CUDA unless ``fp16=False`` (``fp16=True`` on the CPU
+    still gives fp32), fp32 on the CPU.  ``revision`` pins a hub branch, tag or commit;
+    the loaded model's ``revision`` is the resolved commit (or a local directory's
+    content hash).
     """
     device = resolve_device(device)
-    use_fp16 = device.type == "cuda" if fp16 is None else (fp16 and device.type == "cuda")
-    dtype = torch.float16 if use_fp16 else torch.float32
+    if precision is None and fp16 is not None:
+        precision = "fp16" if (fp16 and device.type == "cuda") else "fp32"
+    precision = resolve_precision("protein", precision, device)
+    dtype = PRECISION_DTYPES[precision]
     location = str(model_location)
     resolved, pin = _resolve("protein", location, revision)
-    key = ("protein", location, resolved, str(device), str(dtype))
+    key = ("protein", location, resolved, str(device), precision)
     if key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
     from transformers import AutoTokenizer
 
-    log.info("loading protein model %s (%s) on %s (%s)", location, resolved[:19], device, dtype)
+    log.info("loading protein model %s (%s) on %s (%s)", location, resolved[:19], device, precision)
     try:
         with _preserved_torch_backend_flags():
             model = load_pretrained(location, pin, dtype)
@@ -321,23 +369,27 @@ def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.
     except _LOAD_ERRORS as exc:
         raise _from_pretrained_error("protein", location, exc) from exc
     model = model.to(device=device, dtype=dtype).eval()
-    loaded = LoadedModel(location, model, tokenizer, device, dtype, _model_hidden_size(model), resolved)
+    loaded = LoadedModel(location, model, tokenizer, device, dtype, _model_hidden_size(model), resolved,
+                         precision=precision)
     _MODEL_CACHE[key] = loaded
     return loaded
 
 
 def load_dnabert_model(model_location: str = DNABERT_S_MODEL, device: str | torch.device | None = "auto",
-                       revision: str | None = None) -> LoadedModel:
-    """Load DNABERT-S once per process, in fp32, with its PyTorch attention path (``revision`` as above)."""
+                       revision: str | None = None, precision: str | None = None) -> LoadedModel:
+    """Load DNABERT-S once per process, with its PyTorch attention path (``revision`` as above), in
+    ``precision`` (default fp32)."""
     device = resolve_device(device)
+    precision = resolve_precision("dna", precision, device)
+    dtype = PRECISION_DTYPES[precision]
     location = str(model_location)
     resolved, pin = _resolve("DNA", location, revision)
-    key = ("dna", location, resolved, str(device), str(torch.float32))
+    key = ("dna", location, resolved, str(device), precision)
     if key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
     from transformers import AutoTokenizer
 
-    log.info("loading DNA model %s (%s) on %s", location, resolved[:19], device)
+    log.info("loading DNA model %s (%s) on %s (%s)", location, resolved[:19], device, precision)
     try:
         with _remote_code_without({"triton"}):
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=True, revision=pin)
@@ -345,8 +397,9 @@ def load_dnabert_model(model_location: str = DNABERT_S_MODEL, device: str | torc
     except _LOAD_ERRORS as exc:
         raise _from_pretrained_error("DNA", location, exc) from exc
     _disable_triton_attention(model)
-    model = model.to(device=device, dtype=torch.float32).eval()
-    loaded = LoadedModel(location, model, tokenizer, device, torch.float32, _model_hidden_size(model), resolved)
+    model = model.to(device=device, dtype=dtype).eval()
+    loaded = LoadedModel(location, model, tokenizer, device, dtype, _model_hidden_size(model), resolved,
+                         precision=precision, autocast=dtype != torch.float32)
     _MODEL_CACHE[key] = loaded
     return loaded
 
@@ -371,6 +424,46 @@ def wrap_loaded_model(model: Any, tokenizer: Any, default_name: str) -> LoadedMo
     from .provenance import revision_of_loaded
 
     first = next(iter(model.parameters()))
+    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(first.dtype, "fp32")
     return LoadedModel(model_name_of(model, default_name), model, tokenizer, first.device, first.dtype,
-                       _model_hidden_size(model), revision_of_loaded(model, default_name))
+                       _model_hidden_size(model), revision_of_loaded(model, default_name),
+                       precision=precision)
+
+
+def _encoder_layers(model: Any) -> list[Any]:
+    """The encoder layers of a model: the longest ModuleList with config.num_hidden_layers entries."""
+    count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
+    return list(lists[0]) if lists else []
+
+
+def compile_encoder_layers(loaded: LoadedModel) -> LoadedModel:
+    """``--compile``: torch.compile every encoder layer in place (dynamic shapes); compiled lazily.
+
+    A failure at compile time leaves the model eager with one warning; a failure at the
+    first call is handled by :func:`uncompile_encoder_layers` from the caller.
+    """
+    if loaded.compiled:
+        return loaded
+    layers = _encoder_layers(loaded.model)
+    if not layers:
+        log.warning("--compile: no encoder layers found in %s; running eagerly", loaded.name)
+        return loaded
+    try:
+        for layer in layers:
+            layer.compile(dynamic=True)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+        uncompile_encoder_layers(loaded, exc)
+        return loaded
+    loaded.compiled = True
+    return loaded
+
+
+def uncompile_encoder_layers(loaded: LoadedModel, exc: BaseException) -> None:
+    """Back to eager execution after a compiler failure, with one warning."""
+    for layer in _encoder_layers(loaded.model):
+        layer._compiled_call_impl = None
+    loaded.compiled = False
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    log.warning("torch.compile failed for %s (%s); running eagerly", loaded.name, first)
 

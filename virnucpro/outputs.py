@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: The key under which checkpoints, feature files and the prediction manifest record
+#: the version of this program that wrote them (information; never compared).
+VERSION_KEY = "virnucpro_version"
+
 # --- prediction OUTDIR ------------------------------------------------------
 RESULTS_NAME = "prediction_results.txt"
 RESULTS_COLUMNS = ("Sequence_ID", "Prediction", "score1", "score2")

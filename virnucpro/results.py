@@ -16,7 +16,8 @@ import numpy as np
 from . import ids
 from .defaults import VIRUS_CLASS
 from .fasta import write_fasta_record
-from .files import TEXT_ENCODING, TEXT_ERRORS, atomic_torch_save, atomic_write
+from .features import save_merged
+from .files import TEXT_ENCODING, TEXT_ERRORS, atomic_write
 from .outputs import shard_features_name
 from .shards import SequenceInfo, Shard
 
@@ -54,9 +55,8 @@ def write_shard(work: Path, shard: Shard, probabilities: np.ndarray, label_map: 
     with atomic_write(shard_path(work, shard.index, "summary.tsv")) as handle:
         handle.writelines(summary_part_line(info, best) for info in shard.sequences)
     if features_dir is not None and features is not None:
-        atomic_torch_save({"ids": list(shard.frame_ids), "data": features,
-                           "dna_dim": meta["dna_dim"], "protein_dim": meta["protein_dim"]},
-                          features_dir / shard_features_name(shard.index))
+        save_merged(features_dir / shard_features_name(shard.index), shard.frame_ids, features,
+                    meta["dna_dim"], meta["protein_dim"])
     with atomic_write(shard_path(work, shard.index, "done")) as handle:
         json.dump({"sequences": len(shard.sequences), "chunks": shard.chunk_count,
                    "frames": len(shard.frame_ids)}, handle)

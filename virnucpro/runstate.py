@@ -6,19 +6,24 @@ concatenated (and, for the consensus, merged) from them and renamed into place.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Iterator
 
+from . import __version__
 from .errors import VirNucProError
 from .fasta import write_fasta_record
 from .fastq import read_sequences
-from .files import HASH_BLOCK, TEXT_ENCODING, TEXT_ERRORS, atomic_write, remove_temp_files
+from .files import (HASH_BLOCK, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, open_text_output,
+                    remove_temp_files)
 from .outputs import (CONSENSUS_COLUMNS, FEATURES_DIR_NAME, MANIFEST_NAME, RESULTS_COLUMNS, SHARD_FEATURES_GLOB,
-                      SUMMARY_COLUMNS, VIRAL_CALL, WORK_DIR_NAME, final_outputs, header_line)
+                      SUMMARY_COLUMNS, VERSION_KEY, VIRAL_CALL, WORK_DIR_NAME, final_outputs, header_line)
 from .results import SHARD_PARTS, merge_summaries, shard_path
 from .shardindex import SPOOL_NAME, ShardIndex
 
@@ -26,6 +31,11 @@ log = logging.getLogger("virnucpro.predict")
 
 MANIFEST_VERSION = 2  # 2: shard index, long records split across shards
 INPUT_HASH_KEY = "input_sha256"
+#: Manifest entries that are information, not settings: a rerun need not match them.
+#: (A program version that changed the output bytes would raise MANIFEST_VERSION.)
+INFO_KEYS = ("finished", VERSION_KEY)
+#: At most this many shard files are open at once while the consensus is merged.
+MERGE_FAN_IN = 64
 
 
 def remove_own_files(outdir: Path, stem: str, length: int) -> None:
@@ -66,7 +76,7 @@ def remove_stale_temp_files(outdir: Path, stem: str, length: int) -> None:
 
 
 def _changed(old: dict, new: dict, skip: str = "") -> list[str]:
-    keys = (set(old) | set(new)) - {"finished", skip}
+    keys = (set(old) | set(new)) - {*INFO_KEYS, skip}
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
@@ -103,11 +113,11 @@ def open_run(outdir: Path, settings: dict, force: bool, stem: str, length: int,
         if finished:
             (work / SPOOL_NAME).unlink(missing_ok=True)  # a stream read again only to check its hash
         else:
-            log.info("resuming the run in %s", outdir)
+            log.info("resuming the run in %s (begun by version %s)", outdir, previous.get(VERSION_KEY, "unknown"))
         return work, index, finished
     index.save(work)
     with atomic_write(manifest_path) as handle:
-        json.dump(settings, handle, indent=1, sort_keys=True)
+        json.dump({**settings, VERSION_KEY: __version__}, handle, indent=1, sort_keys=True)
     return work, index, False
 
 
@@ -124,17 +134,65 @@ def concatenate(parts: list[Path], target: Path, header: str = "") -> None:
                 shutil.copyfileobj(handle, out, HASH_BLOCK)
 
 
-def merge_sorted(parts: list[Path], target: Path, header: str) -> None:
-    """Merge per-shard sorted consensus files into one file sorted by chunk id."""
-    handles: list[IO[str]] = [open(p, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n")
-                              for p in parts]
+def _chunk_key(line: str) -> str:
+    return line.split("\t", 1)[0]
+
+
+@contextlib.contextmanager
+def _opened(parts: list[Path]) -> Iterator[list[IO[str]]]:
+    handles: list[IO[str]] = []
     try:
-        with atomic_write(target) as out:
-            out.write(header)
-            out.writelines(heapq.merge(*handles, key=lambda line: line.split("\t", 1)[0]))
+        for part in parts:
+            handles.append(open(part, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n"))
+        yield handles
     finally:
         for handle in handles:
             handle.close()
+
+
+def _merge_round(parts: list[Path], scratch: Path, round_no: int, fan_in: int, made: list[Path]) -> list[Path]:
+    """Merge each run of ``fan_in`` consecutive parts into one temporary file in ``scratch`` (listed in ``made``)."""
+    merged = []
+    for group_no, start in enumerate(range(0, len(parts), fan_in)):
+        fd, name = tempfile.mkstemp(prefix=f".consensus_merge_{round_no}_{group_no}.", suffix=TEMP_SUFFIX,
+                                    dir=scratch)
+        os.close(fd)
+        made.append(Path(name))
+        merged.append(Path(name))
+        with _opened(parts[start:start + fan_in]) as handles, \
+                open_text_output(Path(name)) as out:
+            out.writelines(heapq.merge(*handles, key=_chunk_key))
+    return merged
+
+
+def merge_sorted(parts: list[Path], target: Path, header: str, *, fan_in: int = MERGE_FAN_IN,
+                 scratch: Path | None = None) -> None:
+    """Merge per-shard sorted consensus files into one file sorted by chunk id.
+
+    At most ``fan_in`` files are open at once: with more parts, consecutive runs of
+    parts are merged into temporary files in ``scratch`` (default: the parts' folder)
+    first, in rounds.  Lines with equal keys keep the order of their parts, so the
+    result is the same as one merge of all parts.
+    """
+    if fan_in < 2:
+        raise ValueError("fan_in must be at least 2")
+    scratch = scratch if scratch is not None else (parts[0].parent if parts else target.parent)
+    made: list[Path] = []
+    try:
+        round_no = 0
+        while len(parts) > fan_in:
+            inputs = parts
+            parts = _merge_round(inputs, scratch, round_no, fan_in, made)
+            if round_no:
+                for old in inputs:  # the previous round's temporary files
+                    old.unlink()
+            round_no += 1
+        with _opened(parts) as handles, atomic_write(target) as out:
+            out.write(header)
+            out.writelines(heapq.merge(*handles, key=_chunk_key))
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
 
 
 def pending_shards(work: Path, index: ShardIndex) -> list[int]:
@@ -199,4 +257,5 @@ def finalise(outdir: Path, work: Path, index: ShardIndex, stem: str, length: int
     for path in work.glob("shard_*"):
         path.unlink()
     (work / SPOOL_NAME).unlink(missing_ok=True)
+    remove_temp_files(work)
 

@@ -3,20 +3,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .classifier import load_checkpoint
-from .embed import embed_dna, embed_proteins
+from .embed import default_batch_tokens, embed_tokens
 from .errors import CheckpointError, ModelLoadError, RunFailedError
-from .models import LoadedModel, load_dnabert_model, load_protein_model
+from .models import LoadedModel, compile_encoder_layers, load_dnabert_model, load_protein_model
 from .outputs import checkpoint_name
 from .provenance import pinned_revision, short
 from .shards import Shard
+from .tokens import TokenSet, tokenize_dna, tokenize_proteins
 
 MLP_BATCH_ROWS = 4096
+
+
+@dataclass
+class PreparedShard:
+    """A shard with the token ids of its frames for both models (built off the device's critical path)."""
+
+    shard: Shard
+    dna: TokenSet
+    protein: TokenSet
+
+
+ShardLike = Union[Shard, PreparedShard]
 
 
 @dataclass
@@ -31,16 +45,24 @@ class Scorer:
     batch_tokens: int
     progress: bool
 
-    def features(self, shard: Shard) -> torch.Tensor:
+    def prepare(self, shard: Shard) -> PreparedShard:
+        """Tokenise a shard's frames for both models (CPU only: run it in the prefetch thread)."""
+        return PreparedShard(shard, tokenize_dna(shard.nucleotides, self.dna.tokenizer),
+                             tokenize_proteins(shard.proteins, self.protein.tokenizer, shard.frame_ids))
+
+    def features(self, shard: ShardLike) -> torch.Tensor:
         """DNA and protein embeddings of a shard's frames, concatenated (N, dna_dim + protein_dim)."""
-        dna = embed_dna(shard.nucleotides, self.dna, batch_tokens=self.batch_tokens, progress=self.progress)
-        protein = embed_proteins(shard.proteins, self.protein, batch_tokens=self.batch_tokens,
-                                 ids=shard.frame_ids, progress=self.progress)
+        prepared = shard if isinstance(shard, PreparedShard) else self.prepare(shard)
+        dna = embed_tokens(prepared.dna, self.dna, batch_tokens=self.batch_tokens, length_buckets=False,
+                           desc="DNA embeddings", progress=self.progress)
+        protein = embed_tokens(prepared.protein, self.protein, batch_tokens=self.batch_tokens,
+                               desc="protein embeddings", progress=self.progress)
         return torch.cat((dna, protein), dim=1)
 
-    def score(self, shard: Shard) -> tuple[torch.Tensor, np.ndarray]:
+    def score(self, shard: ShardLike) -> tuple[torch.Tensor, np.ndarray]:
         """The merged features and class probabilities of a shard's frames."""
-        if not shard.frame_ids:
+        frames = shard.shard.frame_ids if isinstance(shard, PreparedShard) else shard.frame_ids
+        if not frames:
             return (torch.empty((0, self.meta["input_dim"])),
                     np.empty((0, self.meta["num_class"]), dtype=np.float32))
         features = self.features(shard)
@@ -83,8 +105,9 @@ def load_classifier(checkpoint_path: Path, length: int) -> tuple[torch.nn.Module
 
 
 def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, device: torch.device, *,
-                dnabert_model: str, esm_model: str, protein_fp16: bool, batch_tokens: int,
-                progress: bool, revisions: dict[str, str] | None = None) -> Scorer:
+                dnabert_model: str, esm_model: str, batch_tokens: int | None, progress: bool,
+                protein_precision: str | None = None, dna_precision: str | None = None,
+                compile_layers: bool = False, revisions: dict[str, str] | None = None) -> Scorer:
     """Load the two language models and check that their widths fit the classifier.
 
     ``revisions`` (``dna``/``protein`` -> revision resolved by :mod:`virnucpro.provenance`)
@@ -93,8 +116,8 @@ def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, 
     revisions = revisions or {}
     pins = {kind: pinned_revision(location, revisions[kind]) if kind in revisions else None
             for kind, location in (("dna", dnabert_model), ("protein", esm_model))}
-    dna = load_dnabert_model(dnabert_model, device, revision=pins["dna"])
-    protein = load_protein_model(esm_model, device, fp16=protein_fp16, revision=pins["protein"])
+    dna = load_dnabert_model(dnabert_model, device, revision=pins["dna"], precision=dna_precision)
+    protein = load_protein_model(esm_model, device, revision=pins["protein"], precision=protein_precision)
     for kind, loaded in (("dna", dna), ("protein", protein)):
         if kind in revisions and loaded.revision != revisions[kind]:  # weights replaced since the start
             raise ModelLoadError(f"{loaded.name}: changed while this run started ({short(loaded.revision)}, "
@@ -104,6 +127,8 @@ def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, 
             f"{checkpoint_path}: model expects features {meta['dna_dim']} (DNA, {meta['dna_model']}) + "
             f"{meta['protein_dim']} (protein, {meta['protein_model']}) wide, but the language models "
             f"give {dna.hidden_size} + {protein.hidden_size}; use the language models it was trained with")
+    if compile_layers:
+        compile_encoder_layers(dna)
+        compile_encoder_layers(protein)
     classifier.to(device)
-    return Scorer(classifier, meta, dna, protein, device, batch_tokens, progress)
-
+    return Scorer(classifier, meta, dna, protein, device, batch_tokens or default_batch_tokens(device), progress)

@@ -1,0 +1,213 @@
+"""Precision, device loop, length buckets, duplicates and --compile of the embedding path."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import units
+import virnucpro.models
+from virnucpro import cli, embed, models, tokens
+from virnucpro.defaults import CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION
+
+AMINO = "ACDEFGHIKLMNPQRSTVWY"
+
+
+@pytest.fixture(scope="module")
+def esm(esm_model_dir):
+    return units.load_protein_model(str(esm_model_dir), "cpu")
+
+
+@pytest.fixture(scope="module")
+def dna(dnabert_model_dir):
+    return units.load_dnabert_model(str(dnabert_model_dir), "cpu")
+
+
+def proteins_of(count: int, seed: int, low: int = 5, high: int = 120) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(AMINO) for _ in range(rng.randint(low, high))) for _ in range(count)]
+
+
+def dnas_of(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice("ACGT") for _ in range(rng.randint(30, 300))) for _ in range(count)]
+
+
+def relative_l2(got: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((got - reference).norm() / reference.norm())
+
+
+# ---------------------------------------------------------------------------
+# precision
+# ---------------------------------------------------------------------------
+
+
+def test_precision_defaults_and_choices():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert models.resolve_precision("protein", None, cpu) == models.resolve_precision("dna", None, cpu) == "fp32"
+    assert models.resolve_precision("protein", None, cuda) == CUDA_PROTEIN_PRECISION
+    assert models.resolve_precision("dna", None, cuda) == CUDA_DNA_PRECISION
+    with pytest.raises(units.VirNucProError):
+        models.resolve_precision("protein", "tf32", cuda)
+
+
+def test_cli_precision_options():
+    parser = cli.CliArgumentParser(prog="x")
+    cli.add_model_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.protein_precision, args.dna_precision, args.batch_tokens, args.compile) == (None, None, None, False)
+    assert parser.parse_args(["--fp32"]).protein_precision == "fp32"
+    args = parser.parse_args(["--protein-precision", "bf16", "--dna-precision", "tf32", "--compile"])
+    assert (args.protein_precision, args.dna_precision, args.compile) == ("bf16", "tf32", True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dna-precision", "fp8"])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_dna_16_bit_needs_autocast_and_stays_close(dnabert_model_dir, dna, precision):
+    """DNABERT-S's float32 ALiBi bias breaks plain 16-bit weights; autocast fixes it."""
+    seqs = dnas_of(6, 3)
+    reference = units.embed_dna(seqs, dna)
+    low = models.load_dnabert_model(str(dnabert_model_dir), "cpu", precision=precision)
+    assert low.dtype == models.PRECISION_DTYPES[precision] and low.autocast
+    with pytest.raises(RuntimeError, match="dtype"):
+        units.embed_dna(seqs, dataclasses.replace(low, autocast=False))
+    got = units.embed_dna(seqs, low)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert relative_l2(got, reference) < 3e-2
+
+
+def test_protein_bf16_stays_close(esm_model_dir, esm):
+    proteins = proteins_of(8, 4)
+    low = models.load_protein_model(str(esm_model_dir), "cpu", precision="bf16")
+    assert low.dtype == torch.bfloat16 and low.precision == "bf16"
+    assert relative_l2(units.embed_proteins(proteins, low), units.embed_proteins(proteins, esm)) < 3e-2
+
+
+def test_legacy_fp16_flag_on_cpu_is_fp32(esm_model_dir):
+    assert models.load_protein_model(str(esm_model_dir), "cpu", fp16=True).dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------
+# tokens and the device loop
+# ---------------------------------------------------------------------------
+
+
+def test_protein_tokens_match_the_tokenizer(esm):
+    proteins = ["MKV*", "mkv", "AXJ*B", "W" * 30]
+    got = tokens.tokenize_proteins(proteins, esm.tokenizer)
+    assert got.rows == 4 and len(got.lengths) == 3  # MKV* and mkv are one protein
+    tok = esm.tokenizer
+    for row, protein in enumerate(["MKV", "MKV", "AXXXB", "W" * 30]):
+        u = got.inverse[row]
+        expected = [tok.cls_token_id, *tok.convert_tokens_to_ids(list(protein)), tok.eos_token_id]
+        assert got.tokens[got.offsets[u]:got.offsets[u + 1]].tolist() == expected
+    packed = got.padded(np.array([2, 0]))
+    assert packed.shape == (2, 32 + 2) and packed[1, 5:32].tolist() == [tok.pad_token_id] * 27
+    assert packed[:, -2].tolist() == [32, 5] and packed[:, -1].tolist() == [30, 3]
+
+
+def reference_embeddings(token_lists, loaded, pad_id, skip, budget):
+    """Today's (before this change) padded batches: a Python loop per row, masks on the host."""
+    out = torch.empty((len(token_lists), loaded.hidden_size))
+    for batch in units.token_budget_batches([len(t) for t in token_lists], budget):
+        width = max(len(token_lists[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        pool = torch.zeros((len(batch), width))
+        for row, index in enumerate(batch):
+            t = token_lists[index]
+            ids[row, :len(t)] = torch.tensor(t)
+            attention[row, :len(t)] = 1
+            pool[row, skip:len(t) - skip] = 1.0
+        with torch.inference_mode():
+            hidden = embed._last_hidden_state(loaded.model(input_ids=ids, attention_mask=attention)).float()
+        out[torch.tensor(batch)] = (hidden * pool.unsqueeze(-1)).sum(1) / pool.sum(1, keepdim=True)
+    return out
+
+
+@pytest.mark.parametrize("budget", [300, 4000])
+def test_same_numbers_for_the_same_batches(esm, dna, budget):
+    proteins = proteins_of(25, 6)
+    tok = esm.tokenizer
+    lists = [[tok.cls_token_id, *tok.convert_tokens_to_ids(list(p)), tok.eos_token_id] for p in proteins]
+    expected = reference_embeddings(lists, esm, tok.pad_token_id, 1, budget)
+    assert torch.equal(units.embed_proteins(proteins, esm, batch_tokens=budget), expected)
+    seqs = dnas_of(15, 7)
+    lists = dna.tokenizer(seqs)["input_ids"]
+    expected = reference_embeddings(lists, dna, dna.tokenizer.pad_token_id, 0, budget)
+    assert torch.equal(units.embed_dna(seqs, dna, batch_tokens=budget), expected)
+
+
+def test_duplicates_are_embedded_once_with_identical_rows(esm, dna):
+    unique = proteins_of(6, 8)
+    rows = [unique[i] for i in (0, 1, 0, 2, 3, 1, 4, 5, 0)]
+    calls = []
+    hook = esm.model.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape[0]),
+                                               with_kwargs=True)
+    try:
+        got = units.embed_proteins(rows, esm, batch_tokens=1)  # one protein per batch
+    finally:
+        hook.remove()
+    assert len(calls) == 6  # each distinct protein once
+    assert torch.equal(got, units.embed_proteins(unique, esm, batch_tokens=1)[[0, 1, 0, 2, 3, 1, 4, 5, 0]])
+    batched = units.embed_proteins(rows, esm)
+    assert torch.equal(batched[0], batched[2]) and torch.equal(batched[0], batched[8])
+    seqs = dnas_of(4, 9)
+    dna_rows = [seqs[i] for i in (3, 0, 3, 1, 2, 0)]
+    assert torch.equal(units.embed_dna(dna_rows, dna, batch_tokens=1),
+                       units.embed_dna(seqs, dna, batch_tokens=1)[[3, 0, 3, 1, 2, 0]])
+
+
+def test_exact_length_buckets_run_without_a_mask(esm):
+    proteins = proteins_of(40, 10, 20, 30)  # few distinct lengths
+    order, bounds = embed.plan_batches([len(p) for p in proteins], 500, exact_lengths=True)
+    assert all(len({len(proteins[i]) for i in order[a:b]}) == 1 for a, b in bounds)
+    assert sorted(order.tolist()) == list(range(40))
+    masks = []
+    hook = esm.model.register_forward_pre_hook(lambda m, a, k: masks.append(k["attention_mask"]), with_kwargs=True)
+    try:
+        got = units.embed_proteins(proteins, esm, batch_tokens=500, length_buckets=True)
+    finally:
+        hook.remove()
+    assert masks and all(m is None for m in masks)
+    torch.testing.assert_close(got, units.embed_proteins(proteins, esm, batch_tokens=500), atol=1e-5, rtol=0)
+
+
+def test_plan_batches_equals_token_budget_batches():
+    lengths = [random.Random(11).randint(1, 60) for _ in range(200)]
+    order, bounds = embed.plan_batches(lengths, 256)
+    assert [order[a:b].tolist() for a, b in bounds] == units.token_budget_batches(lengths, 256)
+    assert all(max(lengths[i] for i in order[a:b]) * (b - a) <= 256 for a, b in bounds)
+
+
+# ---------------------------------------------------------------------------
+# --compile
+# ---------------------------------------------------------------------------
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(esm_model_dir, monkeypatch, caplog):
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
+    loaded = models.load_protein_model(str(esm_model_dir), "cpu")
+    proteins = proteins_of(10, 12)
+    expected = units.embed_proteins(proteins, loaded)
+
+    def broken_compile(self, *args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("inductor exploded (simulated)")
+        self._compiled_call_impl = fail
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    models.compile_encoder_layers(loaded)
+    assert loaded.compiled
+    with caplog.at_level(logging.WARNING, logger="virnucpro"):
+        got = units.embed_proteins(proteins, loaded, batch_tokens=200)
+        again = units.embed_proteins(proteins, loaded, batch_tokens=200)
+    assert not loaded.compiled
+    assert sum("torch.compile failed" in r.getMessage() for r in caplog.records) == 1
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert torch.equal(got, again)
