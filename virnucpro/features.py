@@ -136,6 +136,14 @@ def _reusable(out_file: str | os.PathLike | None, id_key: str, ids: list[str], m
     return data
 
 
+def _model_identity(model_loaded: bool, model: Any, location: str, revision: str | None,
+                    kind: str) -> tuple[str, str | None]:
+    """The (name, resolved revision) that feature files record for the model about to be used."""
+    if model_loaded:
+        return model_name_of(model, location), revision_of_loaded(model, location)
+    return str(location), resolve_model_revision(location, revision, kind=kind)
+
+
 def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike | None,
                       model_loaded: bool = False, tokenizer: Any = None, model: Any = None, *,
                       model_location: str = DNABERT_S_MODEL, device: str | torch.device | None = "auto",
@@ -149,10 +157,7 @@ def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike
     'model_revision': ...}``.
     """
     ids, seqs = _fasta_ids_and_seqs(input_file, "dna")
-    if model_loaded:
-        name, revision = model_name_of(model, model_location), revision_of_loaded(model, model_location)
-    else:
-        name, revision = str(model_location), resolve_model_revision(model_location, model_revision, kind="DNA")
+    name, revision = _model_identity(model_loaded, model, model_location, model_revision, "DNA")
     reused = _reusable(out_file, "nucleotide", ids, name, revision)
     if reused is not None:
         return ids, reused
@@ -167,7 +172,6 @@ def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike
         atomic_torch_save({"nucleotide": ids, "data": data, "model": loaded.name,
                            "model_revision": loaded.revision, VERSION_KEY: __version__}, out_file)
     return ids, data
-
 
 
 def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MODEL,
@@ -185,10 +189,7 @@ def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MOD
     pins a hub revision).  ``data`` is float32 (N, D).
     """
     ids, seqs = _fasta_ids_and_seqs(fasta_file, "protein")
-    if model_loaded:
-        name, revision = model_name_of(model, model_location), revision_of_loaded(model, model_location)
-    else:
-        name, revision = str(model_location), resolve_model_revision(model_location, model_revision, kind="protein")
+    name, revision = _model_identity(model_loaded, model, model_location, model_revision, "protein")
     reused = _reusable(out_file, "proteins", ids, name, revision)
     if reused is not None:
         return ids, reused
