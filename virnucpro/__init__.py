@@ -9,6 +9,7 @@
 ``frames``         chunking, six-frame translation, stop-free frame selection
 ``models``         device choice, language-model loading and its workarounds
 ``provenance``     the resolved revision of the language-model weights a run used
+``tokens``         per-shard token arrays, duplicate sequences kept once
 ``embed``          token-budget batching, protein and DNA embeddings
 ``features``       the feature-file formats (DNABERT-S, protein, merged)
 ``classifier``     the MLP classifier and its checkpoints
