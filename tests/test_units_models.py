@@ -12,6 +12,7 @@ import torch
 
 import standins
 import units
+import virnucpro.hfload
 import virnucpro.models
 from virnucpro import provenance
 
@@ -438,7 +439,7 @@ def test_both_loading_paths_equal_a_model_built_by_hand(kind, real_init, esm_mod
     from safetensors.torch import load_file
 
     monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
-    monkeypatch.setattr(virnucpro.models, "_builds_on_meta_device", lambda: real_init)
+    monkeypatch.setattr(virnucpro.hfload, "_builds_on_meta_device", lambda: real_init)
     source, loader = (esm_model_dir, units.load_protein_model) if kind == "protein" else \
         (dnabert_model_dir, units.load_dnabert_model)
     if kind == "dna" and not real_init and TRANSFORMERS_MAJOR >= 5:  # the upstream failure, said clearly
@@ -469,7 +470,7 @@ def test_from_config_path_takes_prefixed_keys_and_refuses_missing_weights(dna, d
     """Checkpoints saved from a model with a head ("bert." keys) load; a missing weight is an error."""
     from safetensors.torch import load_file, save_file
 
-    monkeypatch.setattr(virnucpro.models, "_builds_on_meta_device", lambda: True)
+    monkeypatch.setattr(virnucpro.hfload, "_builds_on_meta_device", lambda: True)
     state = load_file(str(dnabert_model_dir / "model.safetensors"))
     prefixed = standins.copy_model_dir(dnabert_model_dir, tmp_path / f"dnabert_prefixed_{uuid.uuid4().hex[:8]}")
     save_file({f"bert.{k}": v for k, v in state.items()}, str(prefixed / "model.safetensors"), metadata={"format": "pt"})

@@ -7,7 +7,8 @@
 ``fastq``          FASTQ reading, and ``read_sequences`` (FASTA or FASTQ, detected)
 ``ids``            the ``{record}_chunk_{k}`` / ``F1..R3`` identifier format
 ``frames``         chunking, six-frame translation, stop-free frame selection
-``models``         device choice, language-model loading and its workarounds
+``models``         device choice, precision, language-model loading and its workarounds
+``hfload``         loading under transformers 4 and 5; what a failed load means
 ``provenance``     the resolved revision of the language-model weights a run used
 ``tokens``         per-shard token arrays, duplicate sequences kept once
 ``embed``          token-budget batching, protein and DNA embeddings

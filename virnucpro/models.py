@@ -3,28 +3,25 @@
 The protein model is FastESM2 (remote code) or any Hugging Face ESM-2 ``EsmModel``; the DNA
 model is DNABERT-S (remote code).  Each runs in a precision (``fp32``, ``tf32``, ``fp16``,
 ``bf16``; defaults: fp32 on the CPU, ``defaults.CUDA_*_PRECISION`` on CUDA).  Both load
-with ``AutoModel`` under transformers 4 and 5 (see :func:`load_pretrained`), pinned to the
+with ``AutoModel`` under transformers 4 and 5 (see :func:`virnucpro.hfload.load_pretrained`), pinned to the
 revision that :mod:`virnucpro.provenance` resolved.  The workarounds for their remote code
 live here and nowhere else.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors import SafetensorError
 
 from .defaults import (CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DNA_PRECISIONS, DNABERT_S_MODEL, FASTESM_MODEL,
                        PROTEIN_PRECISIONS)
 from .errors import ModelLoadError, VirNucProError
+from .hfload import LOAD_ERRORS, check_local_directory, from_pretrained_error, load_pretrained
 
 log = logging.getLogger("virnucpro")
 
@@ -148,175 +145,6 @@ def _remote_code_without(packages: set[str]) -> Iterator[None]:
 # Loading errors that say what is wrong
 # ---------------------------------------------------------------------------
 
-#: The transformers releases this project is tested with (requirements.txt, pixi.toml).
-SUPPORTED_TRANSFORMERS = ">=4.47,<6"
-_SUPPORTED_MAJORS = (4, 5)
-_MIN_VERSION = (4, 47)
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-_DAMAGED_SIGNS = ("safetensor", "header", "deserializ", "unpickl", "pytorchstreamreader", "eof", "truncat",
-                  "invalid load key", "zip archive", "corrupt", "lacks")
-_CODE_ERRORS = (ImportError, AttributeError, TypeError, NameError, NotImplementedError, KeyError)
-
-
-def transformers_version() -> tuple[str, tuple[int, int]]:
-    """The installed transformers version, as text and (major, minor)."""
-    import transformers
-
-    text = transformers.__version__
-    numbers = re.findall(r"\d+", text)[:2]
-    return text, (int(numbers[0]), int(numbers[1]) if len(numbers) > 1 else 0)
-
-
-def transformers_supported() -> bool:
-    """Whether the installed transformers is in :data:`SUPPORTED_TRANSFORMERS`."""
-    _, (major, minor) = transformers_version()
-    return major in _SUPPORTED_MAJORS and (major, minor) >= _MIN_VERSION
-
-
-def _version_note() -> str:
-    text, _ = transformers_version()
-    verdict = "works with" if transformers_supported() else "needs"
-    return (f"transformers {text} is installed; VirNucPro-FastESM {verdict} transformers{SUPPORTED_TRANSFORMERS} "
-            f"(pip install 'transformers{SUPPORTED_TRANSFORMERS}')")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _check_local_directory(kind: str, location: str) -> None:
-    """Missing files of a local model directory, said before transformers says something vaguer."""
-    path = Path(location)
-    if not path.is_dir():
-        return
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"cannot load {kind} model '{location}': the directory has no config.json "
-                             "(not a Hugging Face model directory, or an incomplete copy)")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise ModelLoadError(f"cannot load {kind} model '{location}': the directory has no weights "
-                             f"({' or '.join(WEIGHT_FILES[::2])}; an incomplete copy or download?)")
-
-
-def _from_pretrained_error(kind: str, location: str, exc: Exception) -> ModelLoadError:
-    """One message saying what is wrong: damaged files, hub/network, or the transformers version."""
-    from .provenance import hub_failure
-
-    text = _first_line(exc)
-    lowered = text.lower()
-    if "meta" in lowered and "device" in lowered or isinstance(exc, _CODE_ERRORS):
-        hint = f"the model's code does not work with this transformers: {_version_note()}"
-    elif Path(location).is_dir():
-        if isinstance(exc, SafetensorError) or any(sign in lowered for sign in _DAMAGED_SIGNS):
-            hint = "a weights file of the local model directory is incomplete or damaged; copy it again"
-        else:
-            hint = "check that the local model directory holds a complete model"
-    else:
-        hint = hub_failure(exc)
-        if isinstance(exc, OSError) and "(OSError)" in hint:  # transformers' wrapped hub errors
-            hint = "check the model id, network access for a first download, or pass a local model directory"
-        if not transformers_supported():
-            hint += f"; {_version_note()}"
-    return ModelLoadError(f"cannot load {kind} model '{location}': {text} ({hint})")
-
-
-# ---------------------------------------------------------------------------
-# Loading: transformers 4 and 5
-# ---------------------------------------------------------------------------
-
-
-def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``dtype=`` for transformers 5, ``torch_dtype=`` for 4 (where ``dtype`` is not known everywhere)."""
-    return {"dtype": dtype} if transformers_version()[1][0] >= 5 else {"torch_dtype": dtype}
-
-
-def _builds_on_meta_device() -> bool:
-    """transformers >= 5 builds a model on the meta device and then loads its weights.
-
-    Tensors that remote code creates in ``__init__`` are then left on meta (plain attributes)
-    or uninitialised (non-persistent buffers), or ``__init__`` fails outright (DNABERT-S: "Tensor
-    on device meta is not on the expected device cpu").  Native transformers models set their
-    buffers again themselves.
-    """
-    return transformers_version()[1][0] >= 5
-
-
-def _is_remote_code(config: Any) -> bool:
-    return "AutoModel" in (getattr(config, "auto_map", None) or {})
-
-
-def load_pretrained(location: str, revision: str | None, dtype: torch.dtype) -> Any:
-    """``AutoModel.from_pretrained`` that keeps tensors made in ``__init__`` real under transformers 4 and 5.
-
-    Remote-code models under transformers >= 5 are built on the CPU with their real
-    ``__init__`` (``from_config``) and then given the checkpoint's weights; everything
-    else goes through ``from_pretrained`` unchanged.
-    """
-    from transformers import AutoConfig, AutoModel
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-    config = AutoConfig.from_pretrained(location, trust_remote_code=True, revision=revision)
-    if _is_remote_code(config) and _builds_on_meta_device():
-        model_class = get_class_from_dynamic_module(config.auto_map["AutoModel"], location, revision=revision)
-        model = model_class._from_config(config, **_dtype_kwargs(dtype))
-        load_checkpoint_weights(model, location, revision)
-        return model
-    return AutoModel.from_pretrained(location, config=config, trust_remote_code=True, revision=revision,
-                                     **_dtype_kwargs(dtype))
-
-
-def _checkpoint_files(location: str, revision: str | None) -> list[str]:
-    from transformers.utils import cached_file
-
-    for name in WEIGHT_FILES:
-        found = cached_file(location, name, revision=revision, _raise_exceptions_for_missing_entries=False)
-        if found is None:
-            continue
-        if not name.endswith(".index.json"):
-            return [found]
-        shards = sorted(set(json.loads(Path(found).read_text())["weight_map"].values()))
-        return [cached_file(location, shard, revision=revision) for shard in shards]
-    raise OSError(f"no weights file ({', '.join(WEIGHT_FILES)}) found")
-
-
-def _read_weights(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_checkpoint_weights(model: Any, location: str, revision: str | None) -> None:
-    """Copy a model's checkpoint weights into an already built model; every parameter must be found.
-
-    Keys saved with the base-model prefix (``bert.``, ``esm.``) or without it, and the old
-    LayerNorm names ``gamma``/``beta``, are accepted, as ``from_pretrained`` accepts them.
-    """
-    state: dict[str, torch.Tensor] = {}
-    for path in _checkpoint_files(location, revision):
-        state.update(_read_weights(path))
-    expected = set(model.state_dict())
-    prefix = f"{getattr(model, 'base_model_prefix', '')}."
-    if prefix != "." and not expected & set(state):
-        if any(k.startswith(prefix) for k in state):  # saved from a model with a head: drop "bert." etc.
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        else:
-            state = {prefix + k: v for k, v in state.items()}
-    state = {re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k)) if k not in expected else k: v
-             for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    parameters = {name for name, _ in model.named_parameters()}
-    missing = [k for k in missing if k in parameters]  # buffers keep the values __init__ computed
-    if missing:
-        raise RuntimeError(f"the checkpoint lacks {len(missing)} of the model's weights (e.g. {missing[0]}): "
-                           "incomplete or damaged weights")
-    if unexpected:
-        log.debug("weights not used by %s: %s", type(model).__name__, ", ".join(unexpected[:5]))
-    model.eval()
-
-
 def _model_hidden_size(model: Any) -> int:
     config = getattr(model, "config", None)
     size = getattr(config, "hidden_size", None)
@@ -325,14 +153,11 @@ def _model_hidden_size(model: Any) -> int:
     return size
 
 
-_LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError, *_CODE_ERRORS)
-
-
 def _resolve(kind: str, location: str, revision: str | None) -> tuple[str, str | None]:
     """(resolved revision, revision= to load with), after checking a local directory's files."""
     from .provenance import pinned_revision, resolve_model_revision
 
-    _check_local_directory(kind, location)
+    check_local_directory(kind, location)
     resolved = resolve_model_revision(location, revision, kind=kind)
     return resolved, pinned_revision(location, resolved)
 
@@ -366,8 +191,8 @@ def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.
             tokenizer = getattr(model, "tokenizer", None)
             if tokenizer is None:  # a plain EsmModel: its tokenizer sits beside it
                 tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=True, revision=pin)
-    except _LOAD_ERRORS as exc:
-        raise _from_pretrained_error("protein", location, exc) from exc
+    except LOAD_ERRORS as exc:
+        raise from_pretrained_error("protein", location, exc) from exc
     model = model.to(device=device, dtype=dtype).eval()
     loaded = LoadedModel(location, model, tokenizer, device, dtype, _model_hidden_size(model), resolved,
                          precision=precision)
@@ -394,8 +219,8 @@ def load_dnabert_model(model_location: str = DNABERT_S_MODEL, device: str | torc
         with _remote_code_without({"triton"}):
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=True, revision=pin)
             model = load_pretrained(location, pin, torch.float32)
-    except _LOAD_ERRORS as exc:
-        raise _from_pretrained_error("DNA", location, exc) from exc
+    except LOAD_ERRORS as exc:
+        raise from_pretrained_error("DNA", location, exc) from exc
     _disable_triton_attention(model)
     model = model.to(device=device, dtype=dtype).eval()
     loaded = LoadedModel(location, model, tokenizer, device, dtype, _model_hidden_size(model), resolved,
