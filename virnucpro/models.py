@@ -162,6 +162,28 @@ def _resolve(kind: str, location: str, revision: str | None) -> tuple[str, str |
     return resolved, pinned_revision(location, resolved)
 
 
+@dataclass(frozen=True)
+class _LoadRequest:
+    """What one loader call asks for, resolved: the model cache key and how to load it."""
+
+    location: str
+    resolved: str
+    pin: str | None
+    precision: str
+    dtype: torch.dtype
+    key: tuple[str, str, str, str, str]
+
+    @classmethod
+    def of(cls, kind: str, model_location: str, device: torch.device, revision: str | None,
+           precision: str | None) -> "_LoadRequest":
+        """Resolve the precision and the revision (checking a local directory's files first)."""
+        precision = resolve_precision(kind, precision, device)
+        location = str(model_location)
+        resolved, pin = _resolve("DNA" if kind == "dna" else kind, location, revision)
+        return cls(location, resolved, pin, precision, PRECISION_DTYPES[precision],
+                   (kind, location, resolved, str(device), precision))
+
+
 def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.device | None = "auto",
                        fp16: bool | None = None, revision: str | None = None,
                        precision: str | None = None) -> LoadedModel:
@@ -175,13 +197,11 @@ def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.
     device = resolve_device(device)
     if precision is None and fp16 is not None:
         precision = "fp16" if (fp16 and device.type == "cuda") else "fp32"
-    precision = resolve_precision("protein", precision, device)
-    dtype = PRECISION_DTYPES[precision]
-    location = str(model_location)
-    resolved, pin = _resolve("protein", location, revision)
-    key = ("protein", location, resolved, str(device), precision)
-    if key in _MODEL_CACHE:
-        return _MODEL_CACHE[key]
+    request = _LoadRequest.of("protein", model_location, device, revision, precision)
+    if request.key in _MODEL_CACHE:
+        return _MODEL_CACHE[request.key]
+    location, resolved, pin, dtype, precision = (request.location, request.resolved, request.pin,
+                                                 request.dtype, request.precision)
     from transformers import AutoTokenizer
 
     log.info("loading protein model %s (%s) on %s (%s)", location, resolved[:19], device, precision)
@@ -196,7 +216,7 @@ def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.
     model = model.to(device=device, dtype=dtype).eval()
     loaded = LoadedModel(location, model, tokenizer, device, dtype, _model_hidden_size(model), resolved,
                          precision=precision)
-    _MODEL_CACHE[key] = loaded
+    _MODEL_CACHE[request.key] = loaded
     return loaded
 
 
@@ -205,13 +225,11 @@ def load_dnabert_model(model_location: str = DNABERT_S_MODEL, device: str | torc
     """Load DNABERT-S once per process, with its PyTorch attention path (``revision`` as above), in
     ``precision`` (default fp32)."""
     device = resolve_device(device)
-    precision = resolve_precision("dna", precision, device)
-    dtype = PRECISION_DTYPES[precision]
-    location = str(model_location)
-    resolved, pin = _resolve("DNA", location, revision)
-    key = ("dna", location, resolved, str(device), precision)
-    if key in _MODEL_CACHE:
-        return _MODEL_CACHE[key]
+    request = _LoadRequest.of("dna", model_location, device, revision, precision)
+    if request.key in _MODEL_CACHE:
+        return _MODEL_CACHE[request.key]
+    location, resolved, pin, dtype, precision = (request.location, request.resolved, request.pin,
+                                                 request.dtype, request.precision)
     from transformers import AutoTokenizer
 
     log.info("loading DNA model %s (%s) on %s (%s)", location, resolved[:19], device, precision)
@@ -225,7 +243,7 @@ def load_dnabert_model(model_location: str = DNABERT_S_MODEL, device: str | torc
     model = model.to(device=device, dtype=dtype).eval()
     loaded = LoadedModel(location, model, tokenizer, device, dtype, _model_hidden_size(model), resolved,
                          precision=precision, autocast=dtype != torch.float32)
-    _MODEL_CACHE[key] = loaded
+    _MODEL_CACHE[request.key] = loaded
     return loaded
 
 
