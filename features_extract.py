@@ -317,7 +317,8 @@ def make_split(split: Split, args: argparse.Namespace, device: torch.device, pro
                                 model_revision=args.dnabert_revision, precision=args.dna_precision)
     extract_esm(split.protein, model_location=args.esm_model, toks_per_batch=args.batch_tokens,
                       out_file=split.protein_features, device=device,
-                      precision=args.protein_precision, progress=progress, model_revision=args.esm_revision)
+                      precision=args.protein_precision, progress=progress, model_revision=args.esm_revision,
+                      loader=args.esm_loader)
     merged = merge_data(split.dna_features, split.protein_features, None, split.kind,
                         dna_model=str(args.dnabert_model), protein_model=str(args.esm_model))
     for kind, revision in args.resolved_revisions.items():  # a reused original-pipeline DNA file records none
@@ -359,7 +360,8 @@ def load_models(args: argparse.Namespace, device: torch.device) -> None:
     from virnucpro.models import load_dnabert_model, load_protein_model
 
     load_dnabert_model(args.dnabert_model, device, revision=args.dnabert_revision, precision=args.dna_precision)
-    load_protein_model(args.esm_model, device, revision=args.esm_revision, precision=args.protein_precision)
+    load_protein_model(args.esm_model, device, revision=args.esm_revision, precision=args.protein_precision,
+                       loader=args.esm_loader)
 
 
 def extract(args: argparse.Namespace) -> int:

@@ -296,11 +296,17 @@ def load_run_scorer(args: argparse.Namespace, plan: RunPlan, device):
     from virnucpro import distributed
     from virnucpro.scoring import load_classifier, load_scorer
 
+    from virnucpro.runstate import record_esm_loader
+
     classifier, meta = load_classifier(plan.checkpoint, args.length)
-    return load_scorer(plan.checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
+    scorer = load_scorer(plan.checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
                        esm_model=args.esm_model, protein_precision=args.protein_precision,
                        dna_precision=args.dna_precision, compile_layers=args.compile, revisions=plan.revisions,
-                       batch_tokens=args.batch_tokens, progress=not args.quiet and distributed.is_main())
+                       batch_tokens=args.batch_tokens, progress=not args.quiet and distributed.is_main(),
+                       esm_loader=args.esm_loader)
+    if distributed.is_main():
+        record_esm_loader(plan.work, scorer.protein.loader)
+    return scorer
 
 
 def score_shards(args: argparse.Namespace, plan: RunPlan, scorer, shards: list[int]) -> None:

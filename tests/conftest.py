@@ -40,6 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import fastesm_eras  # noqa: E402
 import standins  # noqa: E402
 
 # The stand-in models are tiny: on a small, busy CPU one intra-op thread is much faster
@@ -59,9 +60,18 @@ def golden_dir() -> Path:
     return TESTS / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def esm_tokenizer_cached() -> Path:
+    """``facebook/esm2_t6_8M_UR50D``'s tokenizer in the session's offline cache: every era of FastESM2's
+    code loads it on import, as the real one does."""
+    from huggingface_hub import constants
+
+    return fastesm_eras.install_esm_tokenizer(constants.HF_HUB_CACHE)
+
+
 @pytest.fixture(scope="session")
 def esm_model_dir(tmp_path_factory) -> Path:
-    """A local directory holding a tiny FastESM2 stand-in (64-d, 2 layers, EsmTokenizer)."""
+    """A local directory holding a tiny FastESM2 stand-in of the era most likely on the hub (64-d, 2 layers)."""
     return standins.build_fastesm_standin(tmp_path_factory.mktemp("fastesm_standin"))
 
 

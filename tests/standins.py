@@ -5,11 +5,10 @@ written for the tests that have the same *interfaces* as the real ones, and they
 loaded through the same path as the real ones,
 ``AutoModel.from_pretrained(directory_or_hub_id, trust_remote_code=True)``.
 
-* FastESM2 stand-in (real: ``Synthyra/FastESM2_650``, model_type ``fast_esm``): an ESM2-like
-  pre-LayerNorm transformer with rotary attention whose ``forward(input_ids=None,
-  attention_mask=None, ...)`` returns an object with ``.last_hidden_state`` (B, T, H); the
-  model has a ``tokenizer`` attribute (an ``EsmTokenizer`` read from the model's own
-  directory or hub id, i.e. ``config._name_or_path``).  Padding keys are masked in attention.
+* FastESM2 stand-ins (real: ``Synthyra/FastESM2_650``, model_type ``fast_esm``): one per era of
+  the code the hub repo may hold, with the real checkpoint's layout (no pooler weights) and
+  the real code's imports and side effects: see ``fastesm_eras.py``, which lists what each
+  mirrors.
 * DNABERT-S stand-in (real: ``zhihan1996/DNABERT-S``, MosaicBERT with ALiBi): hidden size 768,
   one layer; ``model(input_ids, attention_mask=...)`` returns a TUPLE whose ``[0]`` is the
   (B, T, 768) hidden states with padded positions zeroed.  Like the real ``bert_layers.py`` it
@@ -52,159 +51,6 @@ FAKE_SHAS = {
     FASTESM_HUB_ID: "0123456789abcdef0123456789abcdef01234567",
     DNABERT_HUB_ID: "89abcdef0123456789abcdef0123456789abcdef",
 }
-
-# ---------------------------------------------------------------------------
-# FastESM2 stand-in source
-# ---------------------------------------------------------------------------
-
-FASTESM_CONFIGURATION = '''\
-"""Configuration of a tiny FastESM2-like test model (stand-in; not the real FastESM2)."""
-from transformers import PretrainedConfig
-
-
-class FastEsmConfig(PretrainedConfig):
-    model_type = "fast_esm"
-
-    def __init__(self, vocab_size=33, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                 max_position_embeddings=1026, initializer_range=0.1, layer_norm_eps=1e-5,
-                 position_embedding_type="rotary", pad_token_id=1, mask_token_id=32, **kwargs):
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
-        self.position_embedding_type = position_embedding_type
-        self.mask_token_id = mask_token_id
-'''
-
-FASTESM_MODELING = '''\
-"""A tiny ESM2-like encoder with rotary attention, written for tests (stand-in for FastESM2)."""
-import math
-
-import torch
-from torch import nn
-from transformers import EsmTokenizer, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
-
-from .configuration_fastesm import FastEsmConfig
-
-
-def _rotate_half(x):
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def _apply_rotary(x, positions, head_dim):
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=x.device) / head_dim))
-    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
-    emb = torch.cat((angles, angles), dim=-1)
-    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-    return x * cos + _rotate_half(x) * sin
-
-
-class StandinEsmAttention(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
-
-    def forward(self, hidden, key_mask):
-        batch, length, width = hidden.shape
-
-        def heads(x):
-            return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(self.query(hidden)), heads(self.key(hidden)), heads(self.value(hidden))
-        positions = torch.arange(length, device=hidden.device)
-        q = _apply_rotary(q, positions, self.head_dim) / math.sqrt(self.head_dim)
-        k = _apply_rotary(k, positions, self.head_dim)
-        scores = q @ k.transpose(-1, -2)
-        scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        probs = self.dropout(torch.softmax(scores, dim=-1))
-        context = (probs @ v).transpose(1, 2).reshape(batch, length, width)
-        return self.dense(context)
-
-
-class StandinEsmLayer(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = StandinEsmAttention(config)
-        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden, key_mask):
-        hidden = hidden + self.dropout(self.attention(self.attention_norm(hidden), key_mask))
-        return hidden + self.dropout(self.output(nn.functional.gelu(self.intermediate(self.mlp_norm(hidden)))))
-
-
-class FastEsmPreTrainedModel(PreTrainedModel):
-    config_class = FastEsmConfig
-    base_model_prefix = "esm"
-
-    def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.data.normal_(0.0, std)
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(0.0, 1.0)
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.data.fill_(1.0)
-            module.bias.data.zero_()
-
-
-class FastEsmModel(FastEsmPreTrainedModel):
-    def __init__(self, config):
-        super().__init__(config)
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.layers = nn.ModuleList([StandinEsmLayer(config) for _ in range(config.num_hidden_layers)])
-        self.emb_layer_norm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self._tokenizer = None
-        self.post_init()
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = EsmTokenizer.from_pretrained(self.config._name_or_path)
-        return self._tokenizer
-
-    def get_input_embeddings(self):
-        return self.word_embeddings
-
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_hidden_states=None,
-                output_attentions=None, return_dict=None, **kwargs):
-        if inputs_embeds is None:
-            inputs_embeds = self.word_embeddings(input_ids)
-        batch, length = inputs_embeds.shape[:2]
-        if attention_mask is None:
-            attention_mask = torch.ones((batch, length), dtype=torch.long, device=inputs_embeds.device)
-        key_mask = attention_mask.to(torch.bool)
-        hidden = inputs_embeds
-        all_hidden = [hidden]
-        for layer in self.layers:
-            hidden = layer(hidden, key_mask)
-            all_hidden.append(hidden)
-        hidden = self.emb_layer_norm_after(hidden)
-        return BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=hidden, pooler_output=None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None)
-'''
 
 # ---------------------------------------------------------------------------
 # DNABERT-S stand-in source
@@ -431,31 +277,16 @@ def _save_seeded_model(directory: Path, config: dict, seed: int) -> None:
 
 
 def build_fastesm_standin(directory: str | os.PathLike, *, hidden_size: int = 64, num_layers: int = 2,
-                          num_heads: int = 4, seed: int = 0) -> Path:
-    """Write a tiny FastESM2-like model (source, config, seeded weights, ESM vocab) into ``directory``."""
-    from transformers import EsmTokenizer
+                          num_heads: int = 4, seed: int = 0, era: str = "c") -> Path:
+    """Write a tiny FastESM2 model folder shaped like the hub's (era ``c`` unless told; see fastesm_eras).
 
-    directory = Path(directory)
-    _write_sources(directory, {"configuration_fastesm.py": FASTESM_CONFIGURATION,
-                               "modeling_fastesm.py": FASTESM_MODELING})
-    (directory / "vocab.txt").write_text("\n".join(ESM_VOCAB) + "\n")
-    EsmTokenizer(str(directory / "vocab.txt")).save_pretrained(str(directory))
-    config = {
-        "model_type": "fast_esm",
-        "architectures": ["FastEsmModel"],
-        "auto_map": {"AutoConfig": "configuration_fastesm.FastEsmConfig",
-                     "AutoModel": "modeling_fastesm.FastEsmModel"},
-        "vocab_size": len(ESM_VOCAB),
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "intermediate_size": 2 * hidden_size,
-        "pad_token_id": ESM_VOCAB.index("<pad>"),
-        "mask_token_id": ESM_VOCAB.index("<mask>"),
-        "torch_dtype": "float32",
-    }
-    _save_seeded_model(directory, config, seed)
-    return directory
+    Its code loads the tokenizer of ``facebook/esm2_t6_8M_UR50D`` when imported: the hub cache
+    must hold it (``fastesm_eras.install_esm_tokenizer``; the test session's cache does).
+    """
+    import fastesm_eras
+
+    return fastesm_eras.build_fastesm_era(directory, era, hidden_size=hidden_size, num_layers=num_layers,
+                                          num_heads=num_heads, seed=seed)
 
 
 def _dna_tokenizer(seed: int, vocab_size: int):
@@ -481,8 +312,15 @@ def _dna_tokenizer(seed: int, vocab_size: int):
 
 
 def build_dnabert_standin(directory: str | os.PathLike, *, num_heads: int = 4, intermediate_size: int = 96,
-                          vocab_size: int = 120, seed: int = 0, num_layers: int = 1) -> Path:
-    """Write a DNABERT-S-like model (hidden 768, one layer unless told) and its BPE tokenizer into ``directory``."""
+                          vocab_size: int = 120, seed: int = 0, num_layers: int = 1,
+                          weights_file: str = "model.safetensors", bert_prefix: bool = False,
+                          pooler: bool = True) -> Path:
+    """Write a DNABERT-S-like model (hidden 768, one layer unless told) and its BPE tokenizer into ``directory``.
+
+    The real checkpoint is a ``pytorch_model.bin`` of about 470 MB whose key prefix and pooler
+    we could not see: ``weights_file="pytorch_model.bin"``, ``bert_prefix`` (keys saved from a
+    model with a head, ``bert.embeddings...``) and ``pooler=False`` give each variant.
+    """
     directory = Path(directory)
     _write_sources(directory, {"configuration_bert.py": DNABERT_CONFIGURATION,
                                "bert_layers.py": DNABERT_MODELING,
@@ -503,7 +341,25 @@ def build_dnabert_standin(directory: str | os.PathLike, *, num_heads: int = 4, i
         "torch_dtype": "float32",
     }
     _save_seeded_model(directory, config, seed)
+    if (weights_file, bert_prefix, pooler) != ("model.safetensors", False, True):
+        _rewrite_weights(directory, weights_file, "bert." if bert_prefix else "", pooler)
     return directory
+
+
+def _rewrite_weights(directory: Path, weights_file: str, prefix: str, pooler: bool) -> None:
+    """Re-save ``model.safetensors`` as ``weights_file`` with ``prefix`` on every key, without the pooler if told."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    saved = directory / "model.safetensors"
+    state = {prefix + k: v for k, v in load_file(str(saved)).items() if pooler or not k.startswith("pooler.")}
+    saved.unlink()
+    if weights_file == "pytorch_model.bin":
+        torch.save(state, directory / weights_file)
+    elif weights_file == "model.safetensors":
+        save_file(state, str(directory / weights_file), metadata={"format": "pt"})
+    else:
+        raise ValueError(f"unknown weights file {weights_file!r}")
 
 
 def build_esm2_standin(directory: str | os.PathLike, *, hidden_size: int = 32, num_layers: int = 2,

@@ -35,7 +35,7 @@ def perturb_weights(model_dir: Path) -> None:
 
     path = model_dir / "model.safetensors"
     state = load_file(str(path))
-    name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    name = sorted(k for k, v in state.items() if v.is_floating_point() and "encoder" in k)[0]  # used by the embedding
     state[name] = state[name] + 0.5
     save_file(state, str(path), metadata={"format": "pt"})
 

@@ -16,7 +16,8 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from . import __version__
 from .defaults import (CUDA_BATCH_TOKENS, CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DEFAULT_BATCH_TOKENS,
-                       DNA_PRECISIONS, DNABERT_S_MODEL, FASTESM_MODEL, PROTEIN_PRECISIONS)
+                       DNA_PRECISIONS, DNABERT_S_MODEL, ESM_LOADERS, FASTESM_MODEL,
+                       PROTEIN_PRECISIONS)
 from .errors import DataSourceError, RunFailedError, VirNucProError
 
 log = logging.getLogger("virnucpro")
@@ -75,6 +76,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "facebook/esm2_t36_3B_UR50D), as a hub id or local directory")
     group.add_argument("--esm-revision", default=None, metavar="REV",
                        help="hub branch, tag or commit of --esm-model (default: the latest, recorded as a commit)")
+    group.add_argument("--esm-loader", choices=ESM_LOADERS, default="auto",
+                       help="how to load the protein model: its own code, else (when that code does not work with "
+                            "the installed transformers) its weights in transformers' own ESM, the same numbers "
+                            "(auto); only its own code (remote); only transformers' ESM (native)")
     group.add_argument("--dnabert-model", default=DNABERT_S_MODEL, help="DNA language model: hub id or local directory")
     group.add_argument("--dnabert-revision", default=None, metavar="REV",
                        help="hub branch, tag or commit of --dnabert-model (default: the latest, recorded as a commit)")

@@ -28,3 +28,6 @@ LABEL_MAP = {0: "others", 1: "virus"}
 VIRUS_CLASS = 1
 #: How train.py may split the hold-out: by source sequence, or per row as the original.
 SPLIT_CHOICES = ("sequence", "record")
+#: How the protein model's weights are loaded (``--esm-loader``): its own code, else transformers'
+#: own ESM (``auto``); only its own code (``remote``); only transformers' ESM (``native``).
+ESM_LOADERS = ("auto", "remote", "native")

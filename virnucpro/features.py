@@ -1,17 +1,20 @@
 """The feature-file formats: the one reader, writer and validator of each.
 
-- DNABERT-S: ``{'nucleotide': ids, 'data': tensor(N, 768), 'model', 'model_revision'}``
+- DNABERT-S: ``{'nucleotide': ids, 'data': tensor(N, 768), 'model', 'model_revision', 'model_loader'}``
   (the original list of ``{'label', 'mean_representation'}`` dicts is read too);
-- protein: ``{'proteins': ids, 'data': tensor(N, D), 'model', 'model_revision'}``
+- protein: ``{'proteins': ids, 'data': tensor(N, D), 'model', 'model_revision', 'model_loader'}``
   (original lists too);
 - merged: ``{'ids', 'data': tensor(N, dna_dim + protein_dim), 'dna_dim',
-  'protein_dim', 'labels', 'dna_model_revision', 'protein_model_revision'}`` (plus
+  'protein_dim', 'labels', 'dna_model_revision', 'protein_model_revision'}`` (plus the loaders,
+  ``dna_model_loader``/``protein_model_loader``, and
   ``dna_model``/``protein_model`` when known); ``ids`` lists exactly the rows of
   ``data``.  :func:`save_merged` writes it and :func:`read_merged_file` reads and
   validates it.
 
 ``model_revision`` is the resolved revision of :mod:`virnucpro.provenance`; a feature
-file is reused only for the same model at the same revision.  Every file written here
+file is reused only for the same model at the same revision.  ``model_loader`` says how the
+weights were loaded (``remote``: the model's own code; ``native``: transformers' own ESM):
+information only, as both give the same numbers.  Every file written here
 records the version of this program (``virnucpro_version``).
 """
 from __future__ import annotations
@@ -32,7 +35,7 @@ from .fasta import read_fasta
 from .files import atomic_torch_save
 from .models import load_dnabert_model, load_protein_model, model_name_of, wrap_loaded_model
 from .outputs import VERSION_KEY
-from .provenance import REVISION_KEYS, resolve_model_revision, revision_of_loaded
+from .provenance import LOADER_KEY, LOADER_KEYS, REVISION_KEYS, resolve_model_revision, revision_of_loaded
 
 log = logging.getLogger("virnucpro")
 
@@ -170,7 +173,8 @@ def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike
     data = embed_dna(seqs, loaded, batch_tokens=batch_tokens, progress=progress)
     if out_file is not None:
         atomic_torch_save({"nucleotide": ids, "data": data, "model": loaded.name,
-                           "model_revision": loaded.revision, VERSION_KEY: __version__}, out_file)
+                           "model_revision": loaded.revision, LOADER_KEY: loaded.loader, VERSION_KEY: __version__},
+                          out_file)
     return ids, data
 
 
@@ -179,7 +183,8 @@ def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MOD
                 out_file: str | os.PathLike | None = None, model_loaded: bool = False, model: Any = None,
                 alphabet: Any = None, *, device: str | torch.device | None = "auto",
                 fp16: bool | None = None, progress: bool = True,
-                model_revision: str | None = None, precision: str | None = None) -> tuple[list[str], torch.Tensor]:
+                model_revision: str | None = None, precision: str | None = None,
+                loader: str | None = None) -> tuple[list[str], torch.Tensor]:
     """Embed every protein of a FASTA file with FastESM2 (or an ESM-2); save and return ``(proteins, data)``.
 
     ``alphabet`` is the tokenizer when ``model_loaded`` (the original passed the ESM
@@ -199,13 +204,15 @@ def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MOD
             raise ValueError("model_loaded=True needs a model and a tokenizer (alphabet or model.tokenizer)")
         loaded = wrap_loaded_model(model, tokenizer, name)
     else:
-        loaded = load_protein_model(model_location, device, fp16, revision=model_revision, precision=precision)
+        loaded = load_protein_model(model_location, device, fp16, revision=model_revision, precision=precision,
+                                    loader=loader)
     log.info("read %s with %d sequences", fasta_file, len(ids))
     data = embed_proteins(seqs, loaded, truncation_seq_length=truncation_seq_length,
                           batch_tokens=toks_per_batch, ids=ids, progress=progress)
     if out_file is not None:
         atomic_torch_save({"proteins": ids, "data": data, "model": loaded.name,
-                           "model_revision": loaded.revision, VERSION_KEY: __version__}, out_file)
+                           "model_revision": loaded.revision, LOADER_KEY: loaded.loader, VERSION_KEY: __version__},
+                          out_file)
     return ids, data
 
 
@@ -237,6 +244,8 @@ def merge_data(DNABERT_S_data: str | os.PathLike | dict, ESM_data: str | os.Path
     protein_rows = torch.tensor([p for _, p in keep])
     revisions = {REVISION_KEYS[kind]: str(obj["model_revision"])
                  for kind, obj in (("dna", dna_obj), ("protein", protein_obj)) if obj.get("model_revision")}
+    revisions.update({LOADER_KEYS[kind]: str(obj[LOADER_KEY])  # information: how each file's model was loaded
+                      for kind, obj in (("dna", dna_obj), ("protein", protein_obj)) if obj.get(LOADER_KEY)})
     merged = merged_object([dna_ids[r] for r, _ in keep], torch.cat((dna[dna_rows], protein[protein_rows]), dim=1),
                            int(dna.shape[1]), int(protein.shape[1]),
                            labels=None if data_type is None else [1 if data_type == "viral" else 0],

@@ -18,10 +18,13 @@ from typing import Any, Iterator
 
 import torch
 
-from .defaults import (CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DNA_PRECISIONS, DNABERT_S_MODEL, FASTESM_MODEL,
-                       PROTEIN_PRECISIONS)
+from .defaults import (CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DNA_PRECISIONS, DNABERT_S_MODEL, ESM_LOADERS,
+                       FASTESM_MODEL, PROTEIN_PRECISIONS)
 from .errors import ModelLoadError, VirNucProError
-from .hfload import LOAD_ERRORS, check_local_directory, from_pretrained_error, load_pretrained
+from .hfload import (ESM_TOKENIZER_ID, LOAD_ERRORS, check_local_directory, code_requirement, esm_tokenizer_missing_offline,
+                     first_line, from_pretrained_error, has_remote_code, is_code_incompatibility, is_esm_shaped,
+                     isolated_model_code, load_native_esm, load_pretrained, missing_esm_tokenizer_error,
+                     read_model_config, verify_loaded_weights)
 
 log = logging.getLogger("virnucpro")
 
@@ -65,6 +68,8 @@ class LoadedModel:
     precision: str = "fp32"
     autocast: bool = False
     compiled: bool = False
+    #: how the weights were loaded: ``remote`` (the model's own code) or ``native`` (transformers' own ESM)
+    loader: str = "remote"
 
 
 _MODEL_CACHE: dict[tuple[str, ...], LoadedModel] = {}
@@ -105,19 +110,6 @@ def precision_context(loaded: LoadedModel) -> Iterator[None]:
             yield
     else:
         yield
-
-
-@contextlib.contextmanager
-def _preserved_torch_backend_flags() -> Iterator[None]:
-    """FastESM2's remote code flips global TF32/cudnn settings on import; undo that."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision())
-    try:
-        yield
-    finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = saved[:3]
-        torch.set_float32_matmul_precision(saved[3])
 
 
 @contextlib.contextmanager
@@ -171,53 +163,107 @@ class _LoadRequest:
     pin: str | None
     precision: str
     dtype: torch.dtype
-    key: tuple[str, str, str, str, str]
+    key: tuple[str, ...]
 
     @classmethod
     def of(cls, kind: str, model_location: str, device: torch.device, revision: str | None,
-           precision: str | None) -> "_LoadRequest":
+           precision: str | None, loader: str = "auto") -> "_LoadRequest":
         """Resolve the precision and the revision (checking a local directory's files first)."""
         precision = resolve_precision(kind, precision, device)
         location = str(model_location)
         resolved, pin = _resolve("DNA" if kind == "dna" else kind, location, revision)
         return cls(location, resolved, pin, precision, PRECISION_DTYPES[precision],
-                   (kind, location, resolved, str(device), precision))
+                   (kind, location, resolved, str(device), precision, loader))
+
+
+def resolve_esm_loader(loader: str | None) -> str:
+    """``--esm-loader``: ``auto`` (the model's own code, else transformers' ESM), ``remote`` or ``native``."""
+    loader = loader or "auto"
+    if loader not in ESM_LOADERS:
+        raise VirNucProError(f"unknown protein model loader '{loader}' (use {', '.join(ESM_LOADERS)})")
+    return loader
 
 
 def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.device | None = "auto",
                        fp16: bool | None = None, revision: str | None = None,
-                       precision: str | None = None) -> LoadedModel:
+                       precision: str | None = None, loader: str | None = None) -> LoadedModel:
     """Load FastESM2 or any ESM-2 ``EsmModel`` once per process, in ``precision``.
 
     Without ``precision``: fp16 on CUDA unless ``fp16=False`` (``fp16=True`` on the CPU
     still gives fp32), fp32 on the CPU.  ``revision`` pins a hub branch, tag or commit;
     the loaded model's ``revision`` is the resolved commit (or a local directory's
-    content hash).
+    content hash).  ``loader`` (:func:`resolve_esm_loader`): ``auto`` tries the model's own
+    code and, when that code cannot be imported or built under the installed transformers,
+    loads the same weights into transformers' own ``EsmModel`` (same numbers; one INFO line).
+    Every load is checked against the weight files.
     """
     device = resolve_device(device)
     if precision is None and fp16 is not None:
         precision = "fp16" if (fp16 and device.type == "cuda") else "fp32"
-    request = _LoadRequest.of("protein", model_location, device, revision, precision)
+    loader = resolve_esm_loader(loader)
+    request = _LoadRequest.of("protein", model_location, device, revision, precision, loader)
     if request.key in _MODEL_CACHE:
         return _MODEL_CACHE[request.key]
     location, resolved, pin, dtype, precision = (request.location, request.resolved, request.pin,
                                                  request.dtype, request.precision)
-    from transformers import AutoTokenizer
-
+    config = read_model_config(location, pin)
+    if config.get("model_type") == "fast_esm" and esm_tokenizer_missing_offline():
+        raise missing_esm_tokenizer_error(location)
     log.info("loading protein model %s (%s) on %s (%s)", location, resolved[:19], device, precision)
     try:
-        with _preserved_torch_backend_flags():
-            model = load_pretrained(location, pin, dtype)
-            tokenizer = getattr(model, "tokenizer", None)
-            if tokenizer is None:  # a plain EsmModel: its tokenizer sits beside it
-                tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=True, revision=pin)
+        with isolated_model_code(remote=has_remote_code(config) and loader != "native"):
+            model, used = _load_protein_weights(location, pin, dtype, loader, config)
+            tokenizer = getattr(model, "tokenizer", None) if used == "remote" else None
+            if tokenizer is None:
+                tokenizer = _esm_tokenizer(location, pin)
+                model.tokenizer = tokenizer  # as FastESM2's own code has it (model.tokenizer)
     except LOAD_ERRORS as exc:
+        if isinstance(exc, ModelLoadError):
+            raise
         raise from_pretrained_error("protein", location, exc) from exc
     model = model.to(device=device, dtype=dtype).eval()
     loaded = LoadedModel(location, model, tokenizer, device, dtype, _model_hidden_size(model), resolved,
-                         precision=precision)
+                         precision=precision, loader=used)
     _MODEL_CACHE[request.key] = loaded
     return loaded
+
+
+def _load_protein_weights(location: str, pin: str | None, dtype: torch.dtype, loader: str,
+                          config: dict) -> tuple[Any, str]:
+    """The checked model on the CPU and the loader that made it (``remote`` or ``native``)."""
+    remote = has_remote_code(config)
+    if loader == "native":
+        model = load_native_esm(location, pin, dtype)
+        verify_loaded_weights(model, location, pin)
+        return model, "native"
+    try:
+        model = load_pretrained(location, pin, dtype)
+        verify_loaded_weights(model, location, pin)
+        return model, "remote" if remote else "native"
+    except LOAD_ERRORS as exc:
+        if loader == "remote" or not remote or not is_esm_shaped(config) or not is_code_incompatibility(exc):
+            raise
+        reason = code_requirement(exc) or f"its code fails under this transformers ({first_line(exc)})"
+    from transformers import __version__ as transformers_version
+
+    log.info("protein model %s: %s (transformers %s is installed); loaded with transformers' own ESM instead "
+             "(the same weights and numbers)", location, reason, transformers_version)
+    model = load_native_esm(location, pin, dtype)
+    verify_loaded_weights(model, location, pin)
+    return model, "native"
+
+
+def _esm_tokenizer(location: str, pin: str | None) -> Any:
+    """The ESM-2 tokenizer: the model's own files when it has them, else FastESM2's (``ESM_TOKENIZER_ID``)."""
+    from transformers import EsmTokenizer
+    from transformers.utils import cached_file
+
+    vocab = cached_file(location, "vocab.txt", revision=pin, _raise_exceptions_for_missing_entries=False)
+    if vocab is not None:
+        return EsmTokenizer.from_pretrained(location, revision=pin)
+    if esm_tokenizer_missing_offline():
+        raise missing_esm_tokenizer_error(location)
+    return EsmTokenizer.from_pretrained(ESM_TOKENIZER_ID)
 
 
 def load_dnabert_model(model_location: str = DNABERT_S_MODEL, device: str | torch.device | None = "auto",
@@ -234,10 +280,13 @@ def load_dnabert_model(model_location: str = DNABERT_S_MODEL, device: str | torc
 
     log.info("loading DNA model %s (%s) on %s (%s)", location, resolved[:19], device, precision)
     try:
-        with _remote_code_without({"triton"}):
+        with _remote_code_without({"triton"}), isolated_model_code():
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=True, revision=pin)
             model = load_pretrained(location, pin, torch.float32)
+            verify_loaded_weights(model, location, pin)
     except LOAD_ERRORS as exc:
+        if isinstance(exc, ModelLoadError):
+            raise
         raise from_pretrained_error("DNA", location, exc) from exc
     _disable_triton_attention(model)
     model = model.to(device=device, dtype=dtype).eval()
@@ -268,9 +317,10 @@ def wrap_loaded_model(model: Any, tokenizer: Any, default_name: str) -> LoadedMo
 
     first = next(iter(model.parameters()))
     precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(first.dtype, "fp32")
+    loader = "native" if type(model).__module__.startswith("transformers.models.") else "remote"
     return LoadedModel(model_name_of(model, default_name), model, tokenizer, first.device, first.dtype,
                        _model_hidden_size(model), revision_of_loaded(model, default_name),
-                       precision=precision)
+                       precision=precision, loader=loader)
 
 
 def _encoder_layers(model: Any) -> list[Any]:

@@ -35,6 +35,9 @@ HASH_CACHE_NAME = "file_hashes.json"
 HASH_CACHE_LIMIT = 5000
 #: The checkpoint / manifest keys of the two revisions.
 REVISION_KEYS = {"dna": "dna_model_revision", "protein": "protein_model_revision"}
+#: How a feature file's model was loaded (``remote`` or ``native``; the same numbers): its key, and the merged keys.
+LOADER_KEY = "model_loader"
+LOADER_KEYS = {"dna": "dna_model_loader", "protein": "protein_model_loader"}
 
 _hub_resolved: dict[tuple[str, str | None], str] = {}
 _cache_lock = threading.Lock()

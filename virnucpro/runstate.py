@@ -33,7 +33,9 @@ MANIFEST_VERSION = 2  # 2: shard index, long records split across shards
 INPUT_HASH_KEY = "input_sha256"
 #: Manifest entries that are information, not settings: a rerun need not match them.
 #: (A program version that changed the output bytes would raise MANIFEST_VERSION.)
-INFO_KEYS = ("finished", VERSION_KEY)
+#: Manifest entries that are information only (a resume never compares them).
+ESM_LOADERS_KEY = "esm_loaders"
+INFO_KEYS = ("finished", VERSION_KEY, ESM_LOADERS_KEY)
 #: At most this many shard files are open at once while the consensus is merged.
 MERGE_FAN_IN = 64
 
@@ -119,6 +121,21 @@ def open_run(outdir: Path, settings: dict, force: bool, stem: str, length: int,
     with atomic_write(manifest_path) as handle:
         json.dump({**settings, VERSION_KEY: __version__}, handle, indent=1, sort_keys=True)
     return work, index, False
+
+
+def record_esm_loader(work: Path, loader: str) -> None:
+    """Note in the manifest how this launch loaded the protein model (``remote``/``native``: the same numbers)."""
+    manifest_path = work / MANIFEST_NAME
+    manifest = read_manifest(manifest_path)
+    used = [str(name) for name in manifest.get(ESM_LOADERS_KEY, []) if isinstance(name, str)]
+    if loader in used:
+        return
+    if used:
+        log.info("the protein model was loaded with the %s loader by an earlier launch and with %s now "
+                 "(the same weights and numbers)", "/".join(used), loader)
+    manifest[ESM_LOADERS_KEY] = [*used, loader]
+    with atomic_write(manifest_path) as handle:
+        json.dump(manifest, handle, indent=1, sort_keys=True)
 
 
 def _changed_error(outdir: Path, changed: list[str]) -> VirNucProError:

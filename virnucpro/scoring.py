@@ -107,17 +107,20 @@ def load_classifier(checkpoint_path: Path, length: int) -> tuple[torch.nn.Module
 def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, device: torch.device, *,
                 dnabert_model: str, esm_model: str, batch_tokens: int | None, progress: bool,
                 protein_precision: str | None = None, dna_precision: str | None = None,
-                compile_layers: bool = False, revisions: dict[str, str] | None = None) -> Scorer:
+                compile_layers: bool = False, revisions: dict[str, str] | None = None,
+                esm_loader: str | None = None) -> Scorer:
     """Load the two language models and check that their widths fit the classifier.
 
     ``revisions`` (``dna``/``protein`` -> revision resolved by :mod:`virnucpro.provenance`)
-    pin hub models to exactly the weights recorded in the run's manifest.
+    pin hub models to exactly the weights recorded in the run's manifest; ``esm_loader``: see
+    :func:`virnucpro.models.load_protein_model`.
     """
     revisions = revisions or {}
     pins = {kind: pinned_revision(location, revisions[kind]) if kind in revisions else None
             for kind, location in (("dna", dnabert_model), ("protein", esm_model))}
     dna = load_dnabert_model(dnabert_model, device, revision=pins["dna"], precision=dna_precision)
-    protein = load_protein_model(esm_model, device, revision=pins["protein"], precision=protein_precision)
+    protein = load_protein_model(esm_model, device, revision=pins["protein"], precision=protein_precision,
+                                 loader=esm_loader)
     for kind, loaded in (("dna", dna), ("protein", protein)):
         if kind in revisions and loaded.revision != revisions[kind]:  # weights replaced since the start
             raise ModelLoadError(f"{loaded.name}: changed while this run started ({short(loaded.revision)}, "
