@@ -111,10 +111,12 @@ def sequence_tables(args: argparse.Namespace, names: list[str]) -> tuple[dict, d
     for name, checkpoint in zip(names, args.model):
         _, meta = load_checkpoint(checkpoint)
         run_dir = args.outdir / name
+        # without --esm-model/--dnabert-model, prediction.py takes the models the checkpoint records
+        # when a file may choose them (virnucpro.trust): a checkpoint never picks code that runs
         argv = [str(labelled), str(meta["chunk_size"]), str(run_dir), "--model", str(checkpoint),
-                "--esm-model", args.esm_model or meta["protein_model"],
-                "--dnabert-model", args.dnabert_model or meta["dna_model"],
                 "--device", args.device]
+        argv += ["--esm-model", str(args.esm_model)] * bool(args.esm_model)
+        argv += ["--dnabert-model", str(args.dnabert_model)] * bool(args.dnabert_model)
         argv += ["--fp32"] * args.fp32 + ["--force"] * args.force + ["-q"] * args.quiet
         if args.batch_tokens:
             argv += ["--batch-tokens", str(args.batch_tokens)]
@@ -124,9 +126,16 @@ def sequence_tables(args: argparse.Namespace, names: list[str]) -> tuple[dict, d
             raise VirNucProError(f"{checkpoint}: prediction.py failed (exit {code}); see the message above")
         tables[name] = level_tables(read_prediction_frames(run_dir, labels))
         runs[name] = {"checkpoint": str(checkpoint), "outdir": str(run_dir), "chunk_size": meta["chunk_size"],
-                      "esm_model": argv[argv.index("--esm-model") + 1],
-                      "dnabert_model": argv[argv.index("--dnabert-model") + 1]}
+                      **run_models_of(run_dir)}
     return tables, runs, expected
+
+
+def run_models_of(run_dir: Path) -> dict[str, str]:
+    """The language models a prediction run used, from its manifest."""
+    import json
+
+    manifest = json.loads((run_dir / outputs.WORK_DIR_NAME / outputs.MANIFEST_NAME).read_text())
+    return {"esm_model": manifest["esm_model"], "dnabert_model": manifest["dnabert_model"]}
 
 
 def read_id_list(path: Path) -> set[str]:

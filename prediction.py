@@ -74,7 +74,7 @@ def build_parser() -> cli.CliArgumentParser:
     parser.add_argument("--model", type=Path, default=None,
                         help="classifier checkpoint (default: {LENGTH}_model_fastesm650.pth in the "
                              "current directory, then next to this script)")
-    cli.add_model_arguments(parser)
+    cli.add_model_arguments(parser, checkpoint_models=True)
     parser.add_argument("--shard-size", type=cli.positive_int, default=DEFAULT_SHARD_CHUNKS,
                         help="chunks per shard: the unit of streaming and of resuming after a crash")
     parser.add_argument("--keep-features", action="store_true",
@@ -89,16 +89,27 @@ def build_parser() -> cli.CliArgumentParser:
 
 
 def find_checkpoint(model: Path | None, length: int) -> Path:
-    """``--model``, else the default checkpoint in the current directory, then next to this script."""
-    if model is not None:
-        return model
+    """``--model`` (a file, or a folder holding ``{LENGTH}_model_*.pth``), else the default checkpoint
+    in the current directory, then next to this script."""
     name = outputs.checkpoint_name(length)
+    if model is not None and not model.is_dir():
+        return model
+    if model is not None:
+        found = sorted(model.glob(f"{length}_model_*.pth"))
+        preferred = [path for path in found if path.name == name]
+        if len(found) == 1 or preferred:
+            return (preferred or found)[0]
+        if found:
+            raise CheckpointError(f"{model}: holds several {length}-bp checkpoints "
+                                  f"({', '.join(p.name for p in found)}); pass --model with one of them")
+        raise CheckpointError(f"{model}: holds no {length}_model_*.pth checkpoint")
     for candidate in (Path.cwd() / name, Path(__file__).resolve().parent / name):
         if candidate.is_file():
             return candidate
     raise CheckpointError(
-        f"no classifier checkpoint {name} in the current directory or next to {PROG}; "
-        f"pass --model PATH, or train one: python train.py --chunk-size {length}")
+        f"no classifier checkpoint {name} in the current directory or next to {PROG}; pass --model PATH. "
+        f"To get one: fetch the original VirNucPro models (python download_data.py --original-models, then "
+        f"--model {length}_model_esm2_3b.pth), or build a FastESM2 model (python build_model.py --chunk-size {length}, or train one with train.py)")
 
 
 def prepare_outdir(outdir: Path) -> bool:
@@ -119,7 +130,8 @@ def prepare_outdir(outdir: Path) -> bool:
     return created
 
 
-def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, revisions: dict[str, str]) -> dict:
+def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, revisions: dict[str, str],
+                 models: dict) -> dict:
     """Everything that determines the output bytes, but the input's hash (the shard index has it).
 
     ``revisions`` (``dna``/``protein`` -> resolved revision) identify the language-model
@@ -136,8 +148,8 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, r
         "manifest_version": MANIFEST_VERSION,
         "chunk_size": args.length,
         "checkpoint_sha256": file_sha256(checkpoint),
-        "esm_model": str(args.esm_model),
-        "dnabert_model": str(args.dnabert_model),
+        "esm_model": models["protein"].location,
+        "dnabert_model": models["dna"].location,
         "esm_model_revision": revisions["protein"],
         "dnabert_model_revision": revisions["dna"],
         "device_type": device_type,
@@ -150,15 +162,31 @@ def run_settings(args: argparse.Namespace, checkpoint: Path, device_type: str, r
     }
 
 
-def model_revisions(args: argparse.Namespace, checkpoint: Path, meta: dict) -> dict[str, str]:
-    """The two models' resolved revisions, checked against the checkpoint's (``--strict-models``: refused)."""
-    from virnucpro.provenance import check_against_checkpoint, resolve_model_revision
+def run_models(args: argparse.Namespace, checkpoint: Path, meta: dict) -> dict:
+    """``dna``/``protein`` -> :class:`~virnucpro.trust.ModelChoice`: the options, else the checkpoint's
+    models when a file may choose them (default hub models, plain ESM-2s), else the defaults."""
+    from virnucpro.defaults import DNABERT_S_MODEL, FASTESM_MODEL
+    from virnucpro.trust import choose_model
 
-    revisions = {"dna": resolve_model_revision(args.dnabert_model, args.dnabert_revision, kind="DNA"),
-                 "protein": resolve_model_revision(args.esm_model, args.esm_revision, kind="protein")}
-    check_against_checkpoint(checkpoint, meta, {"dna": (str(args.dnabert_model), revisions["dna"]),
-                                                "protein": (str(args.esm_model), revisions["protein"])},
-                             args.strict_models)
+    return {"dna": choose_model("dna", args.dnabert_model, meta.get("dna_model"), DNABERT_S_MODEL, str(checkpoint)),
+            "protein": choose_model("protein", args.esm_model, meta.get("protein_model"), FASTESM_MODEL,
+                                    str(checkpoint))}
+
+
+def model_revisions(args: argparse.Namespace, checkpoint: Path, meta: dict, models: dict) -> dict[str, str]:
+    """The two models' resolved revisions, checked against the checkpoint's (``--strict-models``: refused).
+
+    A hub model the checkpoint records a commit for is loaded at that commit (code and weights),
+    unless ``--esm-revision`` / ``--dnabert-revision`` say otherwise.
+    """
+    from virnucpro.provenance import check_against_checkpoint, checkpoint_pin, resolve_model_revision
+
+    given = {"dna": args.dnabert_revision, "protein": args.esm_revision}
+    revisions = {kind: resolve_model_revision(choice.location, given[kind] or checkpoint_pin(meta, kind, choice.location),
+                                              kind="DNA" if kind == "dna" else kind)
+                 for kind, choice in models.items()}
+    check_against_checkpoint(checkpoint, meta, {kind: (choice.location, revisions[kind])
+                                                for kind, choice in models.items()}, args.strict_models)
     return revisions
 
 
@@ -192,6 +220,7 @@ class RunPlan:
     pending: list[int]
     finished: bool
     revisions: dict[str, str]
+    models: dict  # dna/protein -> virnucpro.trust.ModelChoice
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -277,9 +306,10 @@ def _open_locked(args: argparse.Namespace, source: InputSource, device, force: b
 
     checkpoint = find_checkpoint(args.model, args.length)
     _, meta = load_classifier(checkpoint, args.length)  # a wrong checkpoint is refused before the input is read
-    revisions = model_revisions(args, checkpoint, meta)
+    models = run_models(args, checkpoint, meta)
+    revisions = model_revisions(args, checkpoint, meta, models)
     stem = output_stem(source)
-    settings = run_settings(args, checkpoint, device.type, revisions)
+    settings = run_settings(args, checkpoint, device.type, revisions, models)
 
     def get_index(work: Path):
         # One pass validates the whole input, so bad records are reported before models load.
@@ -288,7 +318,7 @@ def _open_locked(args: argparse.Namespace, source: InputSource, device, force: b
 
     with disk_full_says(args.outdir, "the shard index (or a piped input's spool)"):
         work, index, finished = open_run(args.outdir, settings, force, stem, args.length, get_index)
-    return RunPlan(checkpoint, work, index, stem, pending_shards(work, index), finished, revisions)
+    return RunPlan(checkpoint, work, index, stem, pending_shards(work, index), finished, revisions, models)
 
 
 def load_run_scorer(args: argparse.Namespace, plan: RunPlan, device):
@@ -299,11 +329,11 @@ def load_run_scorer(args: argparse.Namespace, plan: RunPlan, device):
     from virnucpro.runstate import record_esm_loader
 
     classifier, meta = load_classifier(plan.checkpoint, args.length)
-    scorer = load_scorer(plan.checkpoint, classifier, meta, device, dnabert_model=args.dnabert_model,
-                       esm_model=args.esm_model, protein_precision=args.protein_precision,
+    scorer = load_scorer(plan.checkpoint, classifier, meta, device, dnabert_model=plan.models["dna"].location,
+                       esm_model=plan.models["protein"].location, protein_precision=args.protein_precision,
                        dna_precision=args.dna_precision, compile_layers=args.compile, revisions=plan.revisions,
                        batch_tokens=args.batch_tokens, progress=not args.quiet and distributed.is_main(),
-                       esm_loader=args.esm_loader)
+                       esm_loader=args.esm_loader, trust_esm_code=plan.models["protein"].trust_remote_code)
     if distributed.is_main():
         record_esm_loader(plan.work, scorer.protein.loader)
     return scorer

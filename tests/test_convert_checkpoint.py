@@ -179,29 +179,33 @@ def test_converted_model_predicts(run, tmp_path, monkeypatch, golden_dir, esm_mo
 
 
 @pytest.mark.slow
-def test_converted_original_beside_a_fastesm_model(tmp_path, monkeypatch, golden_dir, checkpoint_300,
-                                                   dnabert_model_dir):
-    """The migration check: an original model (plain ESM-2) and a FastESM2 model, each with its own models."""
+def test_converted_original_beside_a_fastesm_model(tmp_path, monkeypatch, golden_dir, checkpoint_300, fake_hub):
+    """The migration check: an original model (plain ESM-2) and a FastESM2 model, each scored with the
+    models its checkpoint records (the default hub models and a plain ESM-2 may be chosen by a file)."""
     import standins
 
     import evaluate
     from virnucpro.fasta import read_fasta
 
+    classifier, meta = units.load_checkpoint(checkpoint_300)
+    fastesm = tmp_path / "300_model_fastesm650.pth"  # records the default hub ids (the fake hub has them)
+    units.save_checkpoint(fastesm, classifier, dna_model=units.DNABERT_S_MODEL, dna_dim=meta["dna_dim"],
+                          protein_model=units.FASTESM_MODEL, protein_dim=meta["protein_dim"], chunk_size=300)
     esm2 = standins.build_esm2_standin(tmp_path / "esm2_standin")
     source = tmp_path / "300_model.pth"
     save_original(source, "__main__", monkeypatch, input_dim=768 + 32)
     converted = tmp_path / "300_model_esm2.pth"
     assert convert_checkpoint.main([str(source), str(converted), "--chunk-size", "300", "--protein-model",
-                                    str(esm2), "--dna-model", str(dnabert_model_dir), "-q"]) == 0
+                                    str(esm2), "--dna-model", units.DNABERT_S_MODEL, "-q"]) == 0
     records = list(read_fasta(golden_dir / "reads.fa"))
     viral, host = tmp_path / "viral.fa", tmp_path / "host.fa"
     viral.write_text("".join(f">{r.description}\n{r.seq}\n" for r in records[::2]))
     host.write_text("".join(f">{r.description}\n{r.seq}\n" for r in records[1::2]))
     out = tmp_path / "eval"
-    assert evaluate.main(["--viral", str(viral), "--host", str(host), "--model", str(checkpoint_300), "--model",
+    assert evaluate.main(["--viral", str(viral), "--host", str(host), "--model", str(fastesm), "--model",
                           str(converted), "--outdir", str(out), "--device", "cpu", "-q"]) == 0
     report = json.loads((out / outputs.EVALUATION_JSON_NAME).read_text())
     assert report["models"]["300_model_esm2"]["esm_model"] == str(esm2)
-    assert report["models"]["300_model_fastesm650"]["esm_model"] != str(esm2)
+    assert report["models"]["300_model_fastesm650"]["esm_model"] == units.FASTESM_MODEL
     assert {row["model"] for row in report["metrics"]} == {"300_model_esm2", "300_model_fastesm650"}
     assert len(report["agreement"]) == 3

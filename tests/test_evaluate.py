@@ -61,7 +61,8 @@ def read_tsv(path):
 
 
 @pytest.mark.slow
-def test_sequences_side_by_side(tmp_path, golden_dir, checkpoint_300, second_checkpoint):
+def test_sequences_side_by_side(tmp_path, golden_dir, checkpoint_300, second_checkpoint, esm_model_dir,
+                                dnabert_model_dir):
     records = list(read_fasta(golden_dir / "reads.fa"))
     half = len(records) // 2
     viral = tmp_path / "viral.fastq.gz"  # FASTQ input too
@@ -70,8 +71,9 @@ def test_sequences_side_by_side(tmp_path, golden_dir, checkpoint_300, second_che
     host.write_text("".join(f">{r.description}\n{r.seq}\n" for r in records[half:]))
     out = tmp_path / "eval"
     argv = ["--viral", str(viral), "--host", str(host), "--model", str(checkpoint_300), "--model",
-            str(second_checkpoint), "--model", str(checkpoint_300), "--outdir", str(out), "--device", "cpu", "-q"]
-    assert evaluate.main(argv) == 0  # language models: those recorded in the checkpoints (the stand-ins)
+            str(second_checkpoint), "--model", str(checkpoint_300), "--outdir", str(out), "--device", "cpu", "-q",
+            "--esm-model", str(esm_model_dir), "--dnabert-model", str(dnabert_model_dir)]
+    assert evaluate.main(argv) == 0  # the stand-ins' code runs because they are named here, not by the checkpoints
 
     names = ["300_model_fastesm650", "other_model", "300_model_fastesm650_2"]
     table = read_tsv(out / outputs.EVALUATION_TSV_NAME)
@@ -186,14 +188,15 @@ def test_metrics_with_one_class_are_nan():
     assert math.isnan(metrics["auroc"]) and metrics["recall"] == 0.5
 
 
-def test_sequences_one_model(tmp_path, golden_dir, checkpoint_300):
+def test_sequences_one_model(tmp_path, golden_dir, checkpoint_300, esm_model_dir, dnabert_model_dir):
     records = sorted(read_fasta(golden_dir / "reads.fa"), key=lambda r: len(r.seq))[-6:]
     viral, host = tmp_path / "viral.fa", tmp_path / "host.fa"
     viral.write_text("".join(f">{r.description}\n{r.seq}\n" for r in records[::2]))
     host.write_text("".join(f">{r.description}\n{r.seq}\n" for r in records[1::2]))
     out = tmp_path / "eval"
     assert evaluate.main(["--viral", str(viral), "--host", str(host), "--model", str(checkpoint_300),
-                          "--outdir", str(out), "--device", "cpu", "-q"]) == 0
+                          "--outdir", str(out), "--device", "cpu", "-q", "--esm-model", str(esm_model_dir),
+                          "--dnabert-model", str(dnabert_model_dir)]) == 0
     table = read_tsv(out / outputs.EVALUATION_TSV_NAME)
     assert table["level"].tolist() == ["frame", "chunk", "sequence"]
     assert table.iloc[2]["n"] == 6 and table.iloc[2]["n_viral"] == 3

@@ -147,7 +147,7 @@ def test_missing_checkpoint_says_how_to_train(tmp_path, golden_dir, capsys, monk
     monkeypatch.chdir(tmp_path)
     code = prediction.main([str(golden_dir / "reads.fa"), "300", str(tmp_path / "out"), "-q"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "300_model_fastesm650.pth" in err and "train.py" in err
+    assert code == 2 and "300_model_fastesm650.pth" in err and "train.py" in err and "--original-models" in err
     assert len(err.splitlines()) == 1
 
 

@@ -68,19 +68,26 @@ class CliArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The language-model options shared by the scripts that embed sequences."""
+def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_models: bool = False) -> None:
+    """The language-model options shared by the scripts that embed sequences.
+
+    ``checkpoint_models``: the scripts that score with a classifier default to the models its
+    checkpoint records (``None`` here; see :func:`virnucpro.trust.choose_model`).
+    """
     group = parser.add_argument_group("language models")
-    group.add_argument("--esm-model", default=FASTESM_MODEL,
+    recorded = " (default: the model the checkpoint records, if it is a default model or a plain ESM-2)"
+    group.add_argument("--esm-model", default=None if checkpoint_models else FASTESM_MODEL,
                        help="protein language model: FastESM2 or any ESM-2 model (e.g. "
-                            "facebook/esm2_t36_3B_UR50D), as a hub id or local directory")
+                            "facebook/esm2_t36_3B_UR50D), as a hub id or local directory"
+                            + (recorded if checkpoint_models else ""))
     group.add_argument("--esm-revision", default=None, metavar="REV",
                        help="hub branch, tag or commit of --esm-model (default: the latest, recorded as a commit)")
     group.add_argument("--esm-loader", choices=ESM_LOADERS, default="auto",
                        help="how to load the protein model: its own code, else (when that code does not work with "
                             "the installed transformers) its weights in transformers' own ESM, the same numbers "
                             "(auto); only its own code (remote); only transformers' ESM (native)")
-    group.add_argument("--dnabert-model", default=DNABERT_S_MODEL, help="DNA language model: hub id or local directory")
+    group.add_argument("--dnabert-model", default=None if checkpoint_models else DNABERT_S_MODEL,
+                       help="DNA language model: hub id or local directory" + (recorded if checkpoint_models else ""))
     group.add_argument("--dnabert-revision", default=None, metavar="REV",
                        help="hub branch, tag or commit of --dnabert-model (default: the latest, recorded as a commit)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -281,20 +281,22 @@ def _fails_on_meta_device(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, NotImplementedError)) and "meta" in text
 
 
-def load_pretrained(location: str, revision: str | None, dtype: torch.dtype) -> Any:
+def load_pretrained(location: str, revision: str | None, dtype: torch.dtype, trust_remote_code: bool = True) -> Any:
     """``AutoModel.from_pretrained(..., trust_remote_code=True)``, on the CPU, under transformers 4 and 5.
 
     Under transformers >= 5 a remote-code model whose ``__init__`` does not survive the meta
     device is built on the CPU with its real ``__init__`` and given the checkpoint's weights
     (the parameters the embedding does not use, the pooler, may be absent, as
     ``from_pretrained`` allows).  The caller checks the result with :func:`verify_loaded_weights`.
+    ``trust_remote_code=False`` (see :mod:`virnucpro.trust`) loads transformers' own classes only.
     """
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(location, trust_remote_code=True, revision=revision)
-    remote = "AutoModel" in (getattr(config, "auto_map", None) or {})
+    config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, revision=revision)
+    remote = trust_remote_code and "AutoModel" in (getattr(config, "auto_map", None) or {})
     try:
-        return AutoModel.from_pretrained(location, config=config, trust_remote_code=True, revision=revision,
+        return AutoModel.from_pretrained(location, config=config, trust_remote_code=trust_remote_code,
+                                         revision=revision,
                                          **_dtype_kwargs(dtype))
     except Exception as exc:  # noqa: BLE001 - only the meta-device failure has another way
         if not (remote and _builds_on_meta_device() and _fails_on_meta_device(exc)):

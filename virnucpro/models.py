@@ -149,9 +149,14 @@ def _resolve(kind: str, location: str, revision: str | None) -> tuple[str, str |
     """(resolved revision, revision= to load with), after checking a local directory's files."""
     from .provenance import pinned_revision, resolve_model_revision
 
+    from .provenance import COMMIT_HASH, verify_hub_snapshot
+
     check_local_directory(kind, location)
     resolved = resolve_model_revision(location, revision, kind=kind)
-    return resolved, pinned_revision(location, resolved)
+    pin = pinned_revision(location, resolved)
+    if pin and COMMIT_HASH.match(pin):  # before any code of the snapshot is imported
+        verify_hub_snapshot(location, pin, kind=kind)
+    return resolved, pin
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,8 @@ def resolve_esm_loader(loader: str | None) -> str:
 
 def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.device | None = "auto",
                        fp16: bool | None = None, revision: str | None = None,
-                       precision: str | None = None, loader: str | None = None) -> LoadedModel:
+                       precision: str | None = None, loader: str | None = None,
+                       trust_remote_code: bool = True) -> LoadedModel:
     """Load FastESM2 or any ESM-2 ``EsmModel`` once per process, in ``precision``.
 
     Without ``precision``: fp16 on CUDA unless ``fp16=False`` (``fp16=True`` on the CPU
@@ -195,24 +201,34 @@ def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.
     content hash).  ``loader`` (:func:`resolve_esm_loader`): ``auto`` tries the model's own
     code and, when that code cannot be imported or built under the installed transformers,
     loads the same weights into transformers' own ``EsmModel`` (same numbers; one INFO line).
-    Every load is checked against the weight files.
+    Every load is checked against the weight files.  ``trust_remote_code=False``
+    (:mod:`virnucpro.trust`): no code of the model runs; an ESM-shaped model with code of its
+    own is then loaded natively.
     """
     device = resolve_device(device)
     if precision is None and fp16 is not None:
         precision = "fp16" if (fp16 and device.type == "cuda") else "fp32"
     loader = resolve_esm_loader(loader)
-    request = _LoadRequest.of("protein", model_location, device, revision, precision, loader)
+    request = _LoadRequest.of("protein", model_location, device, revision, precision,
+                              f"{loader}{'' if trust_remote_code else '-untrusted'}")
     if request.key in _MODEL_CACHE:
         return _MODEL_CACHE[request.key]
     location, resolved, pin, dtype, precision = (request.location, request.resolved, request.pin,
                                                  request.dtype, request.precision)
     config = read_model_config(location, pin)
+    if not trust_remote_code and has_remote_code(config):
+        if loader == "remote" or not is_esm_shaped(config):
+            raise ModelLoadError(f"cannot load protein model '{location}': it ships code of its own, which is not "
+                                 f"trusted here; name it with --esm-model to run its code")
+        log.info("protein model %s: its own code is not trusted here; loading its weights with transformers' "
+                 "own ESM", location)
+        loader = "native"
     if config.get("model_type") == "fast_esm" and esm_tokenizer_missing_offline():
         raise missing_esm_tokenizer_error(location)
     log.info("loading protein model %s (%s) on %s (%s)", location, resolved[:19], device, precision)
     try:
         with isolated_model_code(remote=has_remote_code(config) and loader != "native"):
-            model, used = _load_protein_weights(location, pin, dtype, loader, config)
+            model, used = _load_protein_weights(location, pin, dtype, loader, config, trust_remote_code)
             tokenizer = getattr(model, "tokenizer", None) if used == "remote" else None
             if tokenizer is None:
                 tokenizer = _esm_tokenizer(location, pin)
@@ -229,7 +245,7 @@ def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.
 
 
 def _load_protein_weights(location: str, pin: str | None, dtype: torch.dtype, loader: str,
-                          config: dict) -> tuple[Any, str]:
+                          config: dict, trust_remote_code: bool = True) -> tuple[Any, str]:
     """The checked model on the CPU and the loader that made it (``remote`` or ``native``)."""
     remote = has_remote_code(config)
     if loader == "native":
@@ -237,7 +253,7 @@ def _load_protein_weights(location: str, pin: str | None, dtype: torch.dtype, lo
         verify_loaded_weights(model, location, pin)
         return model, "native"
     try:
-        model = load_pretrained(location, pin, dtype)
+        model = load_pretrained(location, pin, dtype, trust_remote_code)
         verify_loaded_weights(model, location, pin)
         return model, "remote" if remote else "native"
     except LOAD_ERRORS as exc:

@@ -80,6 +80,16 @@ def forget_resolved_revisions() -> None:
     _hub_resolved.clear()
 
 
+def checkpoint_pin(meta: dict, kind: str, location: str) -> str | None:
+    """The hub commit a checkpoint records for ``location`` (the same hub model it was trained with), else None."""
+    recorded = meta.get(REVISION_KEYS[kind])
+    trained = meta.get("dna_model" if kind == "dna" else "protein_model")
+    if (isinstance(recorded, str) and COMMIT_HASH.match(recorded) and str(trained) == str(location)
+            and not is_local_model(location)):
+        return recorded
+    return None
+
+
 def pinned_revision(location: str | os.PathLike, resolved: str) -> str | None:
     """The ``revision=`` to load ``location`` with so the files are exactly ``resolved``."""
     return None if is_local_model(location) else resolved
@@ -147,6 +157,52 @@ def directory_content_hash(directory: str | os.PathLike, *, kind: str = "model")
             digest.update(f"{path.name}\t{cache.sha256(path)}\n".encode())
         cache.save()
     return LOCAL_PREFIX + digest.hexdigest()
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file: sha1 of ``b"blob <size>\\0" + content``."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_hub_snapshot(repo_id: str, commit: str, *, kind: str = "model") -> int:
+    """Check the cached files of ``repo_id`` at ``commit`` against the hashes their blobs are named by.
+
+    The Hugging Face cache stores each file as a blob named by its hash (sha256 for large
+    files, the git blob id for the others) and links the snapshot to it; a file changed in
+    the cache no longer matches that name.  Run before any code of the snapshot is imported.
+    Returns the number of files checked; raises :class:`ModelLoadError` on a mismatch.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo_id, "config.json", revision=commit)
+    if not isinstance(config, str):
+        return 0  # not cached (yet): transformers downloads it, verified by huggingface_hub
+    snapshot = Path(config).parent
+    checked = 0
+    with _cache_lock:
+        cache = _HashCache.load()
+        for link in sorted(snapshot.rglob("*")):
+            if not link.is_symlink():
+                continue
+            blob = link.resolve()
+            name = blob.name
+            if re.fullmatch(r"[0-9a-f]{64}", name):
+                actual = cache.sha256(blob)
+            elif re.fullmatch(r"[0-9a-f]{40}", name):
+                actual = git_blob_sha1(blob)
+            else:
+                continue
+            if actual != name:
+                raise ModelLoadError(f"cannot load {kind} model '{repo_id}' at {short(commit)}: the cached file "
+                                     f"{link.relative_to(snapshot)} does not match its recorded hash (the cache was "
+                                     f"modified); delete {snapshot.parent.parent} and download it again")
+            checked += 1
+        cache.save()
+    return checked
 
 
 def hash_cache_path() -> Path:

@@ -108,7 +108,7 @@ def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, 
                 dnabert_model: str, esm_model: str, batch_tokens: int | None, progress: bool,
                 protein_precision: str | None = None, dna_precision: str | None = None,
                 compile_layers: bool = False, revisions: dict[str, str] | None = None,
-                esm_loader: str | None = None) -> Scorer:
+                esm_loader: str | None = None, trust_esm_code: bool = True) -> Scorer:
     """Load the two language models and check that their widths fit the classifier.
 
     ``revisions`` (``dna``/``protein`` -> revision resolved by :mod:`virnucpro.provenance`)
@@ -120,7 +120,7 @@ def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, 
             for kind, location in (("dna", dnabert_model), ("protein", esm_model))}
     dna = load_dnabert_model(dnabert_model, device, revision=pins["dna"], precision=dna_precision)
     protein = load_protein_model(esm_model, device, revision=pins["protein"], precision=protein_precision,
-                                 loader=esm_loader)
+                                 loader=esm_loader, trust_remote_code=trust_esm_code)
     for kind, loaded in (("dna", dna), ("protein", protein)):
         if kind in revisions and loaded.revision != revisions[kind]:  # weights replaced since the start
             raise ModelLoadError(f"{loaded.name}: changed while this run started ({short(loaded.revision)}, "
