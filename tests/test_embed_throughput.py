@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -90,6 +91,48 @@ def test_protein_bf16_stays_close(esm_model_dir, esm):
 
 def test_legacy_fp16_flag_on_cpu_is_fp32(esm_model_dir):
     assert models.load_protein_model(str(esm_model_dir), "cpu", fp16=True).dtype == torch.float32
+
+
+class FlagRecorder(torch.nn.Module):
+    """A linear classifier that records the TF32 matmul flag at every forward."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear, self.seen = torch.nn.Linear(width, 2), []
+
+    def forward(self, x):
+        self.seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return self.linear(x)
+
+
+def test_tf32_dna_forward_never_leaks_into_the_classifier_thread(dna):
+    """While a tf32 DNA forward holds the flags on, the classifier in another thread runs with TF32 off."""
+    from virnucpro import scoring
+
+    tf32 = dataclasses.replace(dna, precision="tf32")
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    inside, classified, seen_inside = threading.Event(), threading.Event(), []
+
+    def dna_forward():
+        with models.precision_context(tf32):
+            seen_inside.append(torch.backends.cuda.matmul.allow_tf32)
+            inside.set()
+            classified.wait(timeout=0.5)  # a long forward: the classifier starts meanwhile
+
+    thread = threading.Thread(target=dna_forward)
+    thread.start()
+    assert inside.wait(timeout=10)
+    classifier = FlagRecorder(8).eval()
+    features = torch.randn(5, 8)
+    got = scoring.classifier_probabilities(classifier, features, 2, torch.device("cpu"))
+    classified.set()
+    thread.join(timeout=10)
+    assert seen_inside == [True]  # the DNA forward itself does run in TF32
+    assert classifier.seen == [False]
+    with torch.inference_mode():
+        expected = torch.softmax(classifier.linear(features), dim=1).numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 
 # ---------------------------------------------------------------------------
