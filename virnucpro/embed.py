@@ -27,6 +27,9 @@ from .tokens import TokenSet, tokenize_dna, tokenize_proteins
 
 log = logging.getLogger("virnucpro")
 
+#: Lower-cased fragments of RuntimeError messages that mean an allocation failed.
+ALLOCATION_FAILURE_SIGNS = ("out of memory", "alloc_failed", "not enough memory", "failed to allocate")
+
 
 def default_batch_tokens(device: torch.device | str) -> int:
     """Padded tokens per batch when none is given: ``CUDA_BATCH_TOKENS`` on CUDA, else 16384."""
@@ -107,34 +110,50 @@ def embed_tokens(tokens: TokenSet, loaded: LoadedModel, *, batch_tokens: int | N
                  progress: bool = False) -> torch.Tensor:
     """Pooled last hidden state of every input row of ``tokens``, float32 (N, hidden) on the CPU.
 
-    On CUDA out-of-memory a batch is split in two and retried; a torch.compile failure
-    falls back to eager execution once.
+    When a batch fails to allocate memory (see :func:`is_out_of_memory`), the token budget
+    is halved (to below the failed batch's padded size) for the rest of the call and the
+    remaining rows are planned again; a single row that does not fit is raised.  A
+    torch.compile failure falls back to eager execution once.
     """
     device = loaded.device
     if tokens.rows == 0:
         return torch.empty((0, loaded.hidden_size), dtype=torch.float32)
-    batch_tokens = batch_tokens or default_batch_tokens(device)
+    budget = batch_tokens or default_batch_tokens(device)
     buckets = device.type == "cuda" if length_buckets is None else length_buckets
     lengths = tokens.lengths
-    order, bounds = plan_batches(lengths, batch_tokens, exact_lengths=buckets)
+    order, bounds = plan_batches(lengths, budget, exact_lengths=buckets)
     out = torch.empty((len(order), loaded.hidden_size), dtype=torch.float32, device=device)
-    pending = list(reversed(bounds))
+    batch, lowered = 0, False
     with tqdm(total=len(order), desc=desc, unit="seq", disable=not progress, leave=False) as bar:
-        while pending:
-            start, stop = pending.pop()
+        while batch < len(bounds):
+            start, stop = bounds[batch]
             rows = order[start:stop]
             masked = not (buckets and lengths[rows[0]] == lengths[rows[-1]])
             try:
                 out[start:stop] = _forward(loaded, _host_batch(tokens, rows, device), tokens.pool_start, masked)
-            except torch.cuda.OutOfMemoryError:
-                if stop - start == 1:
+                failed = False
+            except Exception as exc:  # noqa: BLE001 - allocation failures only, the rest is raised
+                if stop - start == 1 or not is_out_of_memory(exc):
                     raise
-                torch.cuda.empty_cache()
-                half = (stop - start) // 2
-                log.warning("CUDA out of memory on a batch of %d; retrying as two halves", stop - start)
-                pending.extend([(start + half, stop), (start, start + half)])
+                failed = True
+            if not failed:
+                bar.update(stop - start)
+                batch += 1
                 continue
-            bar.update(stop - start)
+            # Out of the handler, whose traceback held the failed batch's tensors: now they can be freed.
+            padded = (stop - start) * int(lengths[rows].max())
+            budget = max(1, min(budget, padded) // 2)
+            if not lowered:
+                log.warning("%s: out of memory on a batch of %d sequences (%d padded tokens); token budget "
+                            "lowered to %d for the rest of this shard", desc, stop - start, padded, budget)
+            else:
+                log.info("%s: out of memory again; token budget now %d", desc, budget)
+            lowered = True
+            tail, tail_bounds = plan_batches(lengths[order[start:]], budget, exact_lengths=buckets)
+            order[start:] = order[start:][tail]
+            bounds = bounds[:batch] + [(start + a, start + b) for a, b in tail_bounds]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     sorted_position = np.empty(len(order), dtype=np.int64)
     sorted_position[order] = np.arange(len(order))
     index = torch.from_numpy(sorted_position[tokens.inverse])
@@ -143,14 +162,26 @@ def embed_tokens(tokens: TokenSet, loaded: LoadedModel, *, batch_tokens: int | N
     return out.index_select(0, index).cpu()
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed allocation: torch's OutOfMemoryError, or a RuntimeError saying so.
+
+    cuBLAS/cuDNN handle and workspace allocations (``CUBLAS_STATUS_ALLOC_FAILED``, SDPA and
+    cuDNN workspaces) and driver-level failures arrive as plain ``RuntimeError``.
+    """
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(sign in message for sign in ALLOCATION_FAILURE_SIGNS)
+
+
 def _forward(loaded: LoadedModel, packed: torch.Tensor, pool_start: int, masked: bool) -> torch.Tensor:
     if not loaded.compiled:
         return _pooled(loaded, packed, pool_start, masked)
     try:
         return _pooled(loaded, packed, pool_start, masked)
-    except torch.cuda.OutOfMemoryError:
-        raise
     except Exception as exc:  # noqa: BLE001 - any compiler failure: eager from now on
+        if is_out_of_memory(exc):
+            raise
         uncompile_encoder_layers(loaded, exc)
         return _pooled(loaded, packed, pool_start, masked)
 
