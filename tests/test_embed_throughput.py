@@ -207,10 +207,10 @@ def test_duplicates_are_embedded_once_with_identical_rows(esm, dna):
 
 
 def test_exact_length_buckets_run_without_a_mask(esm):
-    proteins = proteins_of(40, 10, 20, 30)  # few distinct lengths
+    proteins = proteins_of(400, 10, 20, 24)  # few distinct lengths, each with at least 64 rows
     order, bounds = embed.plan_batches([len(p) for p in proteins], 500, exact_lengths=True)
     assert all(len({len(proteins[i]) for i in order[a:b]}) == 1 for a, b in bounds)
-    assert sorted(order.tolist()) == list(range(40))
+    assert sorted(order.tolist()) == list(range(400))
     masks = []
     hook = esm.model.register_forward_pre_hook(lambda m, a, k: masks.append(k["attention_mask"]), with_kwargs=True)
     try:
@@ -219,6 +219,30 @@ def test_exact_length_buckets_run_without_a_mask(esm):
         hook.remove()
     assert masks and all(m is None for m in masks)
     torch.testing.assert_close(got, units.embed_proteins(proteins, esm, batch_tokens=500), atol=1e-5, rtol=0)
+
+
+def test_rare_lengths_share_masked_batches_instead_of_tiny_buckets(esm):
+    """Variable lengths: lengths with under 64 rows are padded together; a common length stays a bucket."""
+    proteins = proteins_of(300, 13, 5, 120) + proteins_of(100, 14, 50, 50)  # ~116 rare lengths, one common
+    tokens_per_row = [len(p) + 2 for p in proteins]
+    order, bounds = embed.plan_batches(tokens_per_row, 4000, exact_lengths=True)
+    assert sorted(order.tolist()) == list(range(400))
+    assert all(max(tokens_per_row[i] for i in order[a:b]) * (b - a) <= 4000 for a, b in bounds)
+    distinct = len(set(tokens_per_row))
+    assert len(bounds) <= distinct // 4  # one bucket per distinct length was 111 batches
+    common = [(a, b) for a, b in bounds if all(len(proteins[i]) == 50 for i in order[a:b])]
+    assert sum(b - a for a, b in common) >= 100 and all(b - a >= 50 for a, b in common)  # 2 equal batches
+    calls = []
+    hook = esm.model.register_forward_pre_hook(
+        lambda m, a, k: calls.append((k["input_ids"].shape[0], k["attention_mask"] is None)), with_kwargs=True)
+    try:
+        got = units.embed_proteins(proteins, esm, batch_tokens=4000, length_buckets=True)
+    finally:
+        hook.remove()
+    assert len(calls) == len(bounds)
+    assert sum(rows for rows, unmasked in calls if unmasked) >= 100  # the common length, without a mask
+    assert sum(rows < 20 for rows, _ in calls) <= 1
+    torch.testing.assert_close(got, units.embed_proteins(proteins, esm, batch_tokens=1), atol=1e-5, rtol=0)
 
 
 def test_plan_batches_equals_token_budget_batches():

@@ -10,7 +10,9 @@ holding the ids, the lengths and the pooled counts; masks are built on the devic
 results go into a length-sorted buffer by slices and are permuted back once per call,
 so the host never waits for the device inside the loop.  With ``length_buckets``
 (default on CUDA) batches hold proteins of one exact length and run without an
-attention mask, so SDPA can use its flash kernel (a long protein alone included).
+attention mask, so SDPA can use its flash kernel (a long protein alone included);
+lengths too rare to fill a batch (under ``MIN_BUCKET_ROWS`` rows) share padded, masked
+batches instead of running as many tiny ones.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ log = logging.getLogger("virnucpro")
 
 #: Lower-cased fragments of RuntimeError messages that mean an allocation failed.
 ALLOCATION_FAILURE_SIGNS = ("out of memory", "alloc_failed", "not enough memory", "failed to allocate")
+#: With length buckets, lengths with fewer rows than this (and than a full batch) share padded batches.
+MIN_BUCKET_ROWS = 64
 
 
 def default_batch_tokens(device: torch.device | str) -> int:
@@ -36,30 +40,59 @@ def default_batch_tokens(device: torch.device | str) -> int:
     return CUDA_BATCH_TOKENS if torch.device(device).type == "cuda" else DEFAULT_BATCH_TOKENS
 
 
-def plan_batches(lengths: Sequence[int] | np.ndarray, max_tokens: int,
-                 exact_lengths: bool = False) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Rows sorted longest first, and ``(start, stop)`` slices of that order, one per batch.
+def plan_batches(lengths: Sequence[int] | np.ndarray, max_tokens: int, exact_lengths: bool = False,
+                 min_bucket_rows: int = MIN_BUCKET_ROWS) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Rows in batch order, and ``(start, stop)`` slices of that order, one per batch.
 
     A batch's padded size (count x longest) fits ``max_tokens``; a single item longer
-    than the budget gets a batch of its own.  With ``exact_lengths`` every batch holds
-    one length only (no padding at all).
+    than the budget gets a batch of its own.  Rows are sorted longest first.  With
+    ``exact_lengths`` every length with at least ``min_bucket_rows`` rows (or a full
+    batch of them) is a bucket split into equal batches of that length only (no padding);
+    the rarer lengths follow, sorted longest first and padded together, so no batch is tiny.
     """
     if max_tokens <= 0:
         raise ValueError("max_tokens must be positive")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.lexsort((np.arange(len(lengths)), -lengths))
+    if not exact_lengths:
+        return order, _padded_bounds(lengths[order], max_tokens)
+    values, counts = np.unique(lengths, return_counts=True)
+    full = np.minimum(min_bucket_rows, np.maximum(1, max_tokens // np.maximum(values, 1)))
+    rare = np.isin(lengths[order], values[counts < full])
+    bucketed, merged = order[~rare], order[rare]
+    bounds = _bucket_bounds(lengths[bucketed], max_tokens)
+    bounds += [(len(bucketed) + a, len(bucketed) + b) for a, b in _padded_bounds(lengths[merged], max_tokens)]
+    return np.concatenate((bucketed, merged)), bounds
+
+
+def _padded_bounds(sorted_lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """Greedy batches of rows sorted longest first whose padded size fits ``max_tokens``."""
     bounds: list[tuple[int, int]] = []
     start = 0
-    for position, size in enumerate(lengths[order].tolist()):
+    for position, size in enumerate(sorted_lengths.tolist()):
         if position == start:
             longest = size
             continue
-        if longest * (position - start + 1) > max_tokens or (exact_lengths and size != longest):
+        if longest * (position - start + 1) > max_tokens:
             bounds.append((start, position))
             start, longest = position, size
-    if len(order):
-        bounds.append((start, len(order)))
-    return order, bounds
+    if len(sorted_lengths):
+        bounds.append((start, len(sorted_lengths)))
+    return bounds
+
+
+def _bucket_bounds(sorted_lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """Every run of one length split into the fewest batches that fit ``max_tokens``, of equal size."""
+    edges = [0, *(np.flatnonzero(np.diff(sorted_lengths)) + 1).tolist(), len(sorted_lengths)]
+    bounds: list[tuple[int, int]] = []
+    for start, stop in zip(edges[:-1], edges[1:]):
+        if start == stop:
+            continue
+        per_batch = max(1, max_tokens // int(sorted_lengths[start]))
+        parts = -(-(stop - start) // per_batch)
+        cuts = [start + i * (stop - start) // parts for i in range(parts + 1)]
+        bounds += list(zip(cuts[:-1], cuts[1:]))
+    return bounds
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
