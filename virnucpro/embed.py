@@ -198,8 +198,9 @@ def embed_tokens(tokens: TokenSet, loaded: LoadedModel, *, batch_tokens: int | N
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is a failed allocation: torch's OutOfMemoryError, or a RuntimeError saying so.
 
-    cuBLAS/cuDNN handle and workspace allocations (``CUBLAS_STATUS_ALLOC_FAILED``, SDPA and
-    cuDNN workspaces) and driver-level failures arrive as plain ``RuntimeError``.
+    cuBLAS/cuDNN handle and workspace allocations (``CUBLAS_STATUS_ALLOC_FAILED``,
+    ``CUDNN_STATUS_ALLOC_FAILED``), kernels' own workspaces and driver-level failures
+    (``CUDA error: out of memory``) arrive as a plain ``RuntimeError`` naming the failure.
     """
     if isinstance(exc, torch.OutOfMemoryError):
         return True
