@@ -81,7 +81,7 @@ class AllocationFailsAbove(torch.nn.Module):
         input_ids = kwargs["input_ids"]
         self.calls.append(input_ids.numel())
         if input_ids.numel() > self.limit:
-            raise self.error
+            raise type(self.error)(*self.error.args)  # a fresh one: a kept instance would keep its traceback
         return self.inner(*args, **kwargs)
 
 
@@ -104,6 +104,27 @@ def test_out_of_memory_halves_the_budget_for_the_rest_of_the_shard(esm_model_dir
     assert flaky.calls == [64 * 32, 32 * 32, 16 * 32, 8 * 32] + [4 * 32] * 16  # 20 forwards (was 31)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "token budget lowered to 1024" in warnings[0].getMessage()
+
+
+def test_memory_is_freed_once_the_failed_batch_is_gone(esm_model_dir, monkeypatch):
+    """The cache is emptied after the handler: the traceback no longer holds the failed batch's tensors."""
+    import weakref
+
+    from virnucpro import embed
+
+    loaded = units.load_protein_model(str(esm_model_dir), "cpu")
+
+    class Remembering(AllocationFailsAbove):
+        def forward(self, *args, **kwargs):
+            self.last = weakref.ref(kwargs["input_ids"])
+            return super().forward(*args, **kwargs)
+
+    flaky = Remembering(loaded.model, limit=2 * 8, error=torch.OutOfMemoryError("CUDA out of memory (simulated)"))
+    wrapped = units.LoadedModel(loaded.name, flaky, loaded.tokenizer, loaded.device, loaded.dtype, loaded.hidden_size)
+    failed_batch_alive = []
+    monkeypatch.setattr(embed, "free_cached_memory", lambda device: failed_batch_alive.append(flaky.last() is not None))
+    units.embed_proteins(["MKVLAW"] * 1 + ["MKVLAA", "MKVLAC", "MKVLAD"], wrapped, batch_tokens=1000)
+    assert failed_batch_alive == [False]
 
 
 def test_other_runtime_errors_are_not_taken_for_out_of_memory(esm_model_dir):

@@ -185,14 +185,19 @@ def embed_tokens(tokens: TokenSet, loaded: LoadedModel, *, batch_tokens: int | N
             tail, tail_bounds = plan_batches(lengths[order[start:]], budget, exact_lengths=buckets)
             order[start:] = order[start:][tail]
             bounds = bounds[:batch] + [(start + a, start + b) for a, b in tail_bounds]
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            free_cached_memory(device)
     sorted_position = np.empty(len(order), dtype=np.int64)
     sorted_position[order] = np.arange(len(order))
     index = torch.from_numpy(sorted_position[tokens.inverse])
     if device.type == "cuda":
         index = index.pin_memory().to(device, non_blocking=True)
     return out.index_select(0, index).cpu()
+
+
+def free_cached_memory(device: torch.device) -> None:
+    """Give the caching allocator's unused blocks back to the device (CUDA; nothing elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
