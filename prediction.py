@@ -349,8 +349,8 @@ def score_shards(args: argparse.Namespace, plan: RunPlan, scorer, shards: list[i
     features_dir = args.outdir / outputs.FEATURES_DIR_NAME if args.keep_features else None
     meta = scorer.meta if shards else {}
 
-    def prepare(k, records):
-        return scorer.prepare(preprocess_shard(k, records, args.length))
+    def prepare(k):
+        return scorer.prepare(preprocess_shard(k, reader.read(k), args.length))
 
     def write(prepared, features) -> None:
         shard = prepared.shard
@@ -361,10 +361,11 @@ def score_shards(args: argparse.Namespace, plan: RunPlan, scorer, shards: list[i
         log.info("shard %d: %d sequences, %d chunks, %d frames scored", shard.index, len(shard.sequences),
                  shard.chunk_count, len(shard.frame_ids))
 
-    # Three stages overlap: the prefetch thread frames and tokenises shard k+1 while this
-    # thread embeds shard k and the writer thread scores and writes shard k-1.
-    with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=1) as writer, \
-            ShardReader(plan.index, plan.work) as reader:
+    # Three stages overlap: the prefetch thread reads, frames and tokenises shard k+1 while
+    # this thread embeds shard k and the writer thread scores and writes shard k-1.  The
+    # reader is closed only after the prefetch thread, its only user (in shard order), stopped.
+    with ShardReader(plan.index, plan.work) as reader, ThreadPoolExecutor(max_workers=1) as prefetch, \
+            ThreadPoolExecutor(max_workers=1) as writer:
         pending = written = None
 
         def embed_and_hand_over(prepared):
@@ -374,7 +375,7 @@ def score_shards(args: argparse.Namespace, plan: RunPlan, scorer, shards: list[i
             return writer.submit(write, prepared, features)
 
         for k in shards:
-            next_shard = prefetch.submit(prepare, k, reader.read(k))
+            next_shard = prefetch.submit(prepare, k)
             if pending is not None:
                 written = embed_and_hand_over(pending.result())
             pending = next_shard

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -92,6 +93,48 @@ def test_legacy_fp16_flag_on_cpu_is_fp32(esm_model_dir):
     assert models.load_protein_model(str(esm_model_dir), "cpu", fp16=True).dtype == torch.float32
 
 
+class FlagRecorder(torch.nn.Module):
+    """A linear classifier that records the TF32 matmul flag at every forward."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear, self.seen = torch.nn.Linear(width, 2), []
+
+    def forward(self, x):
+        self.seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return self.linear(x)
+
+
+def test_tf32_dna_forward_never_leaks_into_the_classifier_thread(dna):
+    """While a tf32 DNA forward holds the flags on, the classifier in another thread runs with TF32 off."""
+    from virnucpro import scoring
+
+    tf32 = dataclasses.replace(dna, precision="tf32")
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    inside, classified, seen_inside = threading.Event(), threading.Event(), []
+
+    def dna_forward():
+        with models.precision_context(tf32):
+            seen_inside.append(torch.backends.cuda.matmul.allow_tf32)
+            inside.set()
+            classified.wait(timeout=0.5)  # a long forward: the classifier starts meanwhile
+
+    thread = threading.Thread(target=dna_forward)
+    thread.start()
+    assert inside.wait(timeout=10)
+    classifier = FlagRecorder(8).eval()
+    features = torch.randn(5, 8)
+    got = scoring.classifier_probabilities(classifier, features, 2, torch.device("cpu"))
+    classified.set()
+    thread.join(timeout=10)
+    assert seen_inside == [True]  # the DNA forward itself does run in TF32
+    assert classifier.seen == [False]
+    with torch.inference_mode():
+        expected = torch.softmax(classifier.linear(features), dim=1).numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
 # ---------------------------------------------------------------------------
 # tokens and the device loop
 # ---------------------------------------------------------------------------
@@ -164,10 +207,10 @@ def test_duplicates_are_embedded_once_with_identical_rows(esm, dna):
 
 
 def test_exact_length_buckets_run_without_a_mask(esm):
-    proteins = proteins_of(40, 10, 20, 30)  # few distinct lengths
+    proteins = proteins_of(400, 10, 20, 24)  # few distinct lengths, each with at least 64 rows
     order, bounds = embed.plan_batches([len(p) for p in proteins], 500, exact_lengths=True)
     assert all(len({len(proteins[i]) for i in order[a:b]}) == 1 for a, b in bounds)
-    assert sorted(order.tolist()) == list(range(40))
+    assert sorted(order.tolist()) == list(range(400))
     masks = []
     hook = esm.model.register_forward_pre_hook(lambda m, a, k: masks.append(k["attention_mask"]), with_kwargs=True)
     try:
@@ -176,6 +219,30 @@ def test_exact_length_buckets_run_without_a_mask(esm):
         hook.remove()
     assert masks and all(m is None for m in masks)
     torch.testing.assert_close(got, units.embed_proteins(proteins, esm, batch_tokens=500), atol=1e-5, rtol=0)
+
+
+def test_rare_lengths_share_masked_batches_instead_of_tiny_buckets(esm):
+    """Variable lengths: lengths with under 64 rows are padded together; a common length stays a bucket."""
+    proteins = proteins_of(300, 13, 5, 120) + proteins_of(100, 14, 50, 50)  # ~116 rare lengths, one common
+    tokens_per_row = [len(p) + 2 for p in proteins]
+    order, bounds = embed.plan_batches(tokens_per_row, 4000, exact_lengths=True)
+    assert sorted(order.tolist()) == list(range(400))
+    assert all(max(tokens_per_row[i] for i in order[a:b]) * (b - a) <= 4000 for a, b in bounds)
+    distinct = len(set(tokens_per_row))
+    assert len(bounds) <= distinct // 4  # one bucket per distinct length was 111 batches
+    common = [(a, b) for a, b in bounds if all(len(proteins[i]) == 50 for i in order[a:b])]
+    assert sum(b - a for a, b in common) >= 100 and all(b - a >= 50 for a, b in common)  # 2 equal batches
+    calls = []
+    hook = esm.model.register_forward_pre_hook(
+        lambda m, a, k: calls.append((k["input_ids"].shape[0], k["attention_mask"] is None)), with_kwargs=True)
+    try:
+        got = units.embed_proteins(proteins, esm, batch_tokens=4000, length_buckets=True)
+    finally:
+        hook.remove()
+    assert len(calls) == len(bounds)
+    assert sum(rows for rows, unmasked in calls if unmasked) >= 100  # the common length, without a mask
+    assert sum(rows < 20 for rows, _ in calls) <= 1
+    torch.testing.assert_close(got, units.embed_proteins(proteins, esm, batch_tokens=1), atol=1e-5, rtol=0)
 
 
 def test_plan_batches_equals_token_budget_batches():

@@ -116,6 +116,22 @@ def test_shard_size_changes_no_result(run, tmp_path, golden_dir):
                                np.array([r[2:] for r in b[1:]], dtype=float), atol=1e-5)
 
 
+def test_shards_are_read_in_order_off_the_main_thread(run, tmp_path, golden_dir, monkeypatch):
+    """The prefetch thread reads each shard, so embedding never waits for the input file."""
+    from virnucpro.shardindex import ShardReader
+
+    reads, real_read = [], ShardReader.read
+
+    def recording_read(self, k):
+        reads.append((k, threading.current_thread() is threading.main_thread()))
+        return real_read(self, k)
+
+    monkeypatch.setattr(ShardReader, "read", recording_read)
+    assert run(golden_dir / "reads.fa", 300, tmp_path / "a", "--shard-size", "7") == 0
+    assert len(reads) > 2 and [k for k, _ in reads] == list(range(len(reads)))
+    assert not any(on_main for _, on_main in reads)
+
+
 def test_no_surviving_chunk_gives_header_only_results(run, tmp_path):
     fasta = write_fasta(tmp_path / "n.fa", [("allN", "N" * 700), ("tiny", "AC")])
     out = tmp_path / "out"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import socket
@@ -63,6 +64,76 @@ def test_out_of_memory_on_a_single_sequence_is_raised(esm_model_dir):
                                 loaded.dtype, loaded.hidden_size)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         units.embed_proteins(["MKV", "MKVL"], wrapped)
+
+
+class AllocationFailsAbove(torch.nn.Module):
+    """Wraps a model and fails to allocate for batches of more than ``limit`` padded tokens."""
+
+    def __init__(self, inner: torch.nn.Module, limit: int, error):
+        super().__init__()
+        self.inner, self.limit, self.error, self.calls = inner, limit, error, []
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    def forward(self, *args, **kwargs):
+        input_ids = kwargs["input_ids"]
+        self.calls.append(input_ids.numel())
+        if input_ids.numel() > self.limit:
+            raise type(self.error)(*self.error.args)  # a fresh one: a kept instance would keep its traceback
+        return self.inner(*args, **kwargs)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+                                   RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                                                "`cublasCreate(handle)`"),
+                                   RuntimeError("CUDA error: out of memory (SDPA workspace, simulated)")],
+                         ids=["OutOfMemoryError", "cublas", "workspace"])
+def test_out_of_memory_halves_the_budget_for_the_rest_of_the_shard(esm_model_dir, error, caplog):
+    """64 rows that fit 4 at a time: the budget falls once per failure, so 4 failures, not 15."""
+    loaded = units.load_protein_model(str(esm_model_dir), "cpu")
+    rng = np.random.default_rng(3)
+    proteins = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 30)) for _ in range(64)]  # 32 tokens each
+    expected = units.embed_proteins(proteins, loaded, batch_tokens=100_000)
+    flaky = AllocationFailsAbove(loaded.model, limit=4 * 32, error=error)
+    wrapped = units.LoadedModel(loaded.name, flaky, loaded.tokenizer, loaded.device, loaded.dtype, loaded.hidden_size)
+    with caplog.at_level(logging.INFO, logger="virnucpro"):
+        got = units.embed_proteins(proteins, wrapped, batch_tokens=100_000)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert flaky.calls == [64 * 32, 32 * 32, 16 * 32, 8 * 32] + [4 * 32] * 16  # 20 forwards (was 31)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "token budget lowered to 1024" in warnings[0].getMessage()
+
+
+def test_memory_is_freed_once_the_failed_batch_is_gone(esm_model_dir, monkeypatch):
+    """The cache is emptied after the handler: the traceback no longer holds the failed batch's tensors."""
+    import weakref
+
+    from virnucpro import embed
+
+    loaded = units.load_protein_model(str(esm_model_dir), "cpu")
+
+    class Remembering(AllocationFailsAbove):
+        def forward(self, *args, **kwargs):
+            self.last = weakref.ref(kwargs["input_ids"])
+            return super().forward(*args, **kwargs)
+
+    flaky = Remembering(loaded.model, limit=2 * 8, error=torch.OutOfMemoryError("CUDA out of memory (simulated)"))
+    wrapped = units.LoadedModel(loaded.name, flaky, loaded.tokenizer, loaded.device, loaded.dtype, loaded.hidden_size)
+    failed_batch_alive = []
+    monkeypatch.setattr(embed, "free_cached_memory", lambda device: failed_batch_alive.append(flaky.last() is not None))
+    units.embed_proteins(["MKVLAW"] * 1 + ["MKVLAA", "MKVLAC", "MKVLAD"], wrapped, batch_tokens=1000)
+    assert failed_batch_alive == [False]
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(esm_model_dir):
+    loaded = units.load_protein_model(str(esm_model_dir), "cpu")
+    flaky = AllocationFailsAbove(loaded.model, limit=0, error=RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    wrapped = units.LoadedModel(loaded.name, flaky, loaded.tokenizer, loaded.device, loaded.dtype, loaded.hidden_size)
+    with pytest.raises(RuntimeError, match="shapes"):
+        units.embed_proteins(["MKVL", "MKVA", "MKVW"], wrapped)
+    assert len(flaky.calls) == 1
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):

@@ -10,7 +10,9 @@ holding the ids, the lengths and the pooled counts; masks are built on the devic
 results go into a length-sorted buffer by slices and are permuted back once per call,
 so the host never waits for the device inside the loop.  With ``length_buckets``
 (default on CUDA) batches hold proteins of one exact length and run without an
-attention mask, so SDPA can use its flash kernel (a long protein alone included).
+attention mask, so SDPA can use its flash kernel (a long protein alone included);
+lengths too rare to fill a batch (under ``MIN_BUCKET_ROWS`` rows) share padded, masked
+batches instead of running as many tiny ones.
 """
 from __future__ import annotations
 
@@ -27,36 +29,70 @@ from .tokens import TokenSet, tokenize_dna, tokenize_proteins
 
 log = logging.getLogger("virnucpro")
 
+#: Lower-cased fragments of RuntimeError messages that mean an allocation failed.
+ALLOCATION_FAILURE_SIGNS = ("out of memory", "alloc_failed", "not enough memory", "failed to allocate")
+#: With length buckets, lengths with fewer rows than this (and than a full batch) share padded batches.
+MIN_BUCKET_ROWS = 64
+
 
 def default_batch_tokens(device: torch.device | str) -> int:
     """Padded tokens per batch when none is given: ``CUDA_BATCH_TOKENS`` on CUDA, else 16384."""
     return CUDA_BATCH_TOKENS if torch.device(device).type == "cuda" else DEFAULT_BATCH_TOKENS
 
 
-def plan_batches(lengths: Sequence[int] | np.ndarray, max_tokens: int,
-                 exact_lengths: bool = False) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Rows sorted longest first, and ``(start, stop)`` slices of that order, one per batch.
+def plan_batches(lengths: Sequence[int] | np.ndarray, max_tokens: int, exact_lengths: bool = False,
+                 min_bucket_rows: int = MIN_BUCKET_ROWS) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Rows in batch order, and ``(start, stop)`` slices of that order, one per batch.
 
     A batch's padded size (count x longest) fits ``max_tokens``; a single item longer
-    than the budget gets a batch of its own.  With ``exact_lengths`` every batch holds
-    one length only (no padding at all).
+    than the budget gets a batch of its own.  Rows are sorted longest first.  With
+    ``exact_lengths`` every length with at least ``min_bucket_rows`` rows (or a full
+    batch of them) is a bucket split into equal batches of that length only (no padding);
+    the rarer lengths follow, sorted longest first and padded together, so no batch is tiny.
     """
     if max_tokens <= 0:
         raise ValueError("max_tokens must be positive")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.lexsort((np.arange(len(lengths)), -lengths))
+    if not exact_lengths:
+        return order, _padded_bounds(lengths[order], max_tokens)
+    values, counts = np.unique(lengths, return_counts=True)
+    full = np.minimum(min_bucket_rows, np.maximum(1, max_tokens // np.maximum(values, 1)))
+    rare = np.isin(lengths[order], values[counts < full])
+    bucketed, merged = order[~rare], order[rare]
+    bounds = _bucket_bounds(lengths[bucketed], max_tokens)
+    bounds += [(len(bucketed) + a, len(bucketed) + b) for a, b in _padded_bounds(lengths[merged], max_tokens)]
+    return np.concatenate((bucketed, merged)), bounds
+
+
+def _padded_bounds(sorted_lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """Greedy batches of rows sorted longest first whose padded size fits ``max_tokens``."""
     bounds: list[tuple[int, int]] = []
     start = 0
-    for position, size in enumerate(lengths[order].tolist()):
+    for position, size in enumerate(sorted_lengths.tolist()):
         if position == start:
             longest = size
             continue
-        if longest * (position - start + 1) > max_tokens or (exact_lengths and size != longest):
+        if longest * (position - start + 1) > max_tokens:
             bounds.append((start, position))
             start, longest = position, size
-    if len(order):
-        bounds.append((start, len(order)))
-    return order, bounds
+    if len(sorted_lengths):
+        bounds.append((start, len(sorted_lengths)))
+    return bounds
+
+
+def _bucket_bounds(sorted_lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """Every run of one length split into the fewest batches that fit ``max_tokens``, of equal size."""
+    edges = [0, *(np.flatnonzero(np.diff(sorted_lengths)) + 1).tolist(), len(sorted_lengths)]
+    bounds: list[tuple[int, int]] = []
+    for start, stop in zip(edges[:-1], edges[1:]):
+        if start == stop:
+            continue
+        per_batch = max(1, max_tokens // int(sorted_lengths[start]))
+        parts = -(-(stop - start) // per_batch)
+        cuts = [start + i * (stop - start) // parts for i in range(parts + 1)]
+        bounds += list(zip(cuts[:-1], cuts[1:]))
+    return bounds
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -107,34 +143,49 @@ def embed_tokens(tokens: TokenSet, loaded: LoadedModel, *, batch_tokens: int | N
                  progress: bool = False) -> torch.Tensor:
     """Pooled last hidden state of every input row of ``tokens``, float32 (N, hidden) on the CPU.
 
-    On CUDA out-of-memory a batch is split in two and retried; a torch.compile failure
-    falls back to eager execution once.
+    When a batch fails to allocate memory (see :func:`is_out_of_memory`), the token budget
+    is halved (to below the failed batch's padded size) for the rest of the call and the
+    remaining rows are planned again; a single row that does not fit is raised.  A
+    torch.compile failure falls back to eager execution once.
     """
     device = loaded.device
     if tokens.rows == 0:
         return torch.empty((0, loaded.hidden_size), dtype=torch.float32)
-    batch_tokens = batch_tokens or default_batch_tokens(device)
+    budget = batch_tokens or default_batch_tokens(device)
     buckets = device.type == "cuda" if length_buckets is None else length_buckets
     lengths = tokens.lengths
-    order, bounds = plan_batches(lengths, batch_tokens, exact_lengths=buckets)
+    order, bounds = plan_batches(lengths, budget, exact_lengths=buckets)
     out = torch.empty((len(order), loaded.hidden_size), dtype=torch.float32, device=device)
-    pending = list(reversed(bounds))
+    batch, lowered = 0, False
     with tqdm(total=len(order), desc=desc, unit="seq", disable=not progress, leave=False) as bar:
-        while pending:
-            start, stop = pending.pop()
+        while batch < len(bounds):
+            start, stop = bounds[batch]
             rows = order[start:stop]
             masked = not (buckets and lengths[rows[0]] == lengths[rows[-1]])
             try:
                 out[start:stop] = _forward(loaded, _host_batch(tokens, rows, device), tokens.pool_start, masked)
-            except torch.cuda.OutOfMemoryError:
-                if stop - start == 1:
+                failed = False
+            except Exception as exc:  # noqa: BLE001 - allocation failures only, the rest is raised
+                if stop - start == 1 or not is_out_of_memory(exc):
                     raise
-                torch.cuda.empty_cache()
-                half = (stop - start) // 2
-                log.warning("CUDA out of memory on a batch of %d; retrying as two halves", stop - start)
-                pending.extend([(start + half, stop), (start, start + half)])
+                failed = True
+            if not failed:
+                bar.update(stop - start)
+                batch += 1
                 continue
-            bar.update(stop - start)
+            # Out of the handler, whose traceback held the failed batch's tensors: now they can be freed.
+            padded = (stop - start) * int(lengths[rows].max())
+            budget = max(1, min(budget, padded) // 2)
+            if not lowered:
+                log.warning("%s: out of memory on a batch of %d sequences (%d padded tokens); token budget "
+                            "lowered to %d for the rest of this shard", desc, stop - start, padded, budget)
+            else:
+                log.info("%s: out of memory again; token budget now %d", desc, budget)
+            lowered = True
+            tail, tail_bounds = plan_batches(lengths[order[start:]], budget, exact_lengths=buckets)
+            order[start:] = order[start:][tail]
+            bounds = bounds[:batch] + [(start + a, start + b) for a, b in tail_bounds]
+            free_cached_memory(device)
     sorted_position = np.empty(len(order), dtype=np.int64)
     sorted_position[order] = np.arange(len(order))
     index = torch.from_numpy(sorted_position[tokens.inverse])
@@ -143,14 +194,33 @@ def embed_tokens(tokens: TokenSet, loaded: LoadedModel, *, batch_tokens: int | N
     return out.index_select(0, index).cpu()
 
 
+def free_cached_memory(device: torch.device) -> None:
+    """Give the caching allocator's unused blocks back to the device (CUDA; nothing elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed allocation: torch's OutOfMemoryError, or a RuntimeError saying so.
+
+    cuBLAS/cuDNN handle and workspace allocations (``CUBLAS_STATUS_ALLOC_FAILED``,
+    ``CUDNN_STATUS_ALLOC_FAILED``), kernels' own workspaces and driver-level failures
+    (``CUDA error: out of memory``) arrive as a plain ``RuntimeError`` naming the failure.
+    """
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(sign in message for sign in ALLOCATION_FAILURE_SIGNS)
+
+
 def _forward(loaded: LoadedModel, packed: torch.Tensor, pool_start: int, masked: bool) -> torch.Tensor:
     if not loaded.compiled:
         return _pooled(loaded, packed, pool_start, masked)
     try:
         return _pooled(loaded, packed, pool_start, masked)
-    except torch.cuda.OutOfMemoryError:
-        raise
     except Exception as exc:  # noqa: BLE001 - any compiler failure: eager from now on
+        if is_out_of_memory(exc):
+            raise
         uncompile_encoder_layers(loaded, exc)
         return _pooled(loaded, packed, pool_start, masked)
 

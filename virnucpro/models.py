@@ -94,17 +94,16 @@ def precision_context(loaded: LoadedModel) -> Iterator[None]:
     DNABERT-S adds a float32 ALiBi/mask bias to the attention scores, so with 16-bit
     weights alone the probabilities are float32 and the product with the 16-bit values
     fails; autocast casts both operands of every matmul, which fixes that in the model's
-    own code under either transformers major.  ``tf32`` sets the global TF32 matmul
-    flags for the duration of the call (other threads' fp32 matmuls see them too).
+    own code under either transformers major.  ``tf32`` sets the (process-global) TF32
+    flags for the duration of the call under :data:`virnucpro.precision.FLAGS_LOCK`, so
+    float32 work in other threads (the classifier) never runs while they are on.
     """
+    from .precision import tf32_scope
+
     device_type = loaded.device.type
     if loaded.precision == "tf32":
-        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
+        with tf32_scope(True):
             yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     elif loaded.autocast and loaded.precision in ("fp16", "bf16"):
         with torch.autocast(device_type=device_type, dtype=PRECISION_DTYPES[loaded.precision]):
             yield

@@ -14,6 +14,7 @@ from .embed import default_batch_tokens, embed_tokens
 from .errors import CheckpointError, ModelLoadError, RunFailedError
 from .models import LoadedModel, compile_encoder_layers, load_dnabert_model, load_protein_model
 from .outputs import checkpoint_name
+from .precision import tf32_scope
 from .provenance import pinned_revision, short
 from .shards import Shard
 from .tokens import TokenSet, tokenize_dna, tokenize_proteins
@@ -75,12 +76,18 @@ class Scorer:
 
 def classifier_probabilities(classifier: torch.nn.Module, features: torch.Tensor, num_class: int,
                              device: torch.device) -> np.ndarray:
-    """Softmax class probabilities of a classifier (in eval mode), float32 (N, num_class), in batches."""
+    """Softmax class probabilities of a classifier (in eval mode), float32 (N, num_class), in batches.
+
+    Each batch runs in plain float32 (TF32 off, see :mod:`virnucpro.precision`), even while
+    another thread runs a ``--dna-precision tf32`` forward, so scores never depend on timing.
+    """
     out = np.empty((features.shape[0], num_class), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, features.shape[0], MLP_BATCH_ROWS):
             batch = features[start:start + MLP_BATCH_ROWS].to(device)
-            out[start:start + batch.shape[0]] = F.softmax(classifier(batch), dim=1).cpu().numpy()
+            with tf32_scope(False):
+                logits = classifier(batch)
+            out[start:start + batch.shape[0]] = F.softmax(logits, dim=1).cpu().numpy()
     return out
 
 
