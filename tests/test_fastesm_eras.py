@@ -222,3 +222,27 @@ def test_prediction_runs_every_era_and_outputs_do_not_depend_on_the_loader(era_d
         assert manifest["esm_loaders"] == [EXPECTED_LOADER[era]]
         assert predict(auto, era, "native") == 0  # complete already: not refused as "different settings"
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_16_bit_precisions_keep_rotary_frequencies_in_fp32(precision, era_dirs):
+    """.to(bf16) would cast inv_freq too: cos/sin tables off by up to 0.23; from fp32 frequencies they are
+    rounded once (era a's own rotary class, as in the 2025 file)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    loaded = units.load_protein_model(str(era_dirs["a"]), "cpu", precision=precision, loader="remote")
+    rotaries = [m for m in loaded.model.modules() if type(m).__name__ == "RotaryEmbedding"]
+    assert rotaries and all(r.inv_freq.dtype == torch.float32 for r in rotaries)
+    assert next(loaded.model.parameters()).dtype == dtype
+    length = 102
+    probe = torch.zeros(1, 1, length, rotaries[0].inv_freq.numel() * 2, dtype=dtype)
+    cos, _ = rotaries[0]._tables(probe)
+    positions = torch.arange(length, dtype=torch.float32)
+    exact = torch.cat([torch.outer(positions, rotaries[0].inv_freq)] * 2, dim=-1).cos()
+    cast_first = torch.cat([torch.outer(positions.to(dtype), rotaries[0].inv_freq.to(dtype))] * 2, dim=-1).cos()
+    assert (cos[0, 0].float() - exact).abs().max() < 0.01  # one rounding of the table
+    if precision == "bf16":
+        assert (cast_first.float() - exact).abs().max() > 0.05  # what casting the buffer gives
+    fp32 = units.load_protein_model(str(era_dirs["a"]), "cpu", loader="remote")
+    got, want = units.embed_proteins(PROTEINS, loaded), units.embed_proteins(PROTEINS, fp32)
+    relative = (got - want).norm() / want.norm()
+    assert relative < (0.02 if precision == "bf16" else 0.003)
