@@ -144,8 +144,8 @@ def test_a_load_that_changes_weights_is_never_trusted(era_dirs, monkeypatch, cap
     """transformers 5.5.4 silently re-initialised FastESM classes: a load is checked against the files."""
     real = virnucpro.hfload.load_pretrained
 
-    def reinitialising(location, revision, dtype):
-        model = real(location, revision, dtype)
+    def reinitialising(*args, **kwargs):
+        model = real(*args, **kwargs)
         with torch.no_grad():
             next(p for n, p in model.named_parameters() if "query.weight" in n).normal_()
         return model
