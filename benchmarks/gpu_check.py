@@ -113,7 +113,7 @@ def timed(results: dict, name: str, body: Callable[[], dict]) -> None:
 
 
 def smoke(ctx: Context) -> dict:
-    esm_dir = standins.build_fastesm_standin(ctx.work / "tiny_esm")
+    esm_dir = standins.build_fastesm_standin(ctx.work / "tiny_esm", self_contained=True)
     dna_dir = standins.build_dnabert_standin(ctx.work / "tiny_dna")
     protein = models.load_protein_model(str(esm_dir), ctx.device)
     dna = models.load_dnabert_model(str(dna_dir), ctx.device)

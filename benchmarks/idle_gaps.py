@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="idle_gaps_"))
-    esm_dir = standins.build_fastesm_standin(work / "esm", hidden_size=args.esm_hidden, num_layers=args.esm_layers)
+    esm_dir = standins.build_fastesm_standin(work / "esm", hidden_size=args.esm_hidden, num_layers=args.esm_layers,
+                                             self_contained=True)
     dna_dir = standins.build_dnabert_standin(work / "dna")
     protein = models.load_protein_model(str(esm_dir), "cpu")
     dna = models.load_dnabert_model(str(dna_dir), "cpu")

@@ -277,16 +277,27 @@ def _save_seeded_model(directory: Path, config: dict, seed: int) -> None:
 
 
 def build_fastesm_standin(directory: str | os.PathLike, *, hidden_size: int = 64, num_layers: int = 2,
-                          num_heads: int = 4, seed: int = 0, era: str = "c") -> Path:
+                          num_heads: int = 4, seed: int = 0, era: str = "c", self_contained: bool = False) -> Path:
     """Write a tiny FastESM2 model folder shaped like the hub's (era ``c`` unless told; see fastesm_eras).
 
     Its code loads the tokenizer of ``facebook/esm2_t6_8M_UR50D`` when imported: the hub cache
     must hold it (``fastesm_eras.install_esm_tokenizer``; the test session's cache does).
+    ``self_contained`` (benchmarks, a machine with no cache): the tokenizer files are written
+    into the folder and the code loads them from there instead.
     """
     import fastesm_eras
 
+    directory = Path(directory)
+    tokenizer_id = fastesm_eras.ESM_TOKENIZER_ID
+    if self_contained:
+        from transformers import EsmTokenizer
+
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "vocab.txt").write_text("\n".join(ESM_VOCAB) + "\n")
+        EsmTokenizer(str(directory / "vocab.txt")).save_pretrained(str(directory))
+        tokenizer_id = str(directory.resolve())
     return fastesm_eras.build_fastesm_era(directory, era, hidden_size=hidden_size, num_layers=num_layers,
-                                          num_heads=num_heads, seed=seed)
+                                          num_heads=num_heads, seed=seed, tokenizer_id=tokenizer_id)
 
 
 def _dna_tokenizer(seed: int, vocab_size: int):

@@ -222,7 +222,7 @@ def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.
         log.info("protein model %s: its own code is not trusted here; loading its weights with transformers' "
                  "own ESM", location)
         loader = "native"
-    if config.get("model_type") == "fast_esm" and esm_tokenizer_missing_offline():
+    if config.get("model_type") == "fast_esm" and not _has_vocabulary(location, pin) and esm_tokenizer_missing_offline():
         raise missing_esm_tokenizer_error(location)
     log.info("loading protein model %s (%s) on %s (%s)", location, resolved[:19], device, precision)
     try:
@@ -290,13 +290,20 @@ def to_device_keeping_positions_fp32(model: Any, device: torch.device, dtype: to
     return model
 
 
+def _has_vocabulary(location: str, pin: str | None) -> bool:
+    from transformers.utils import cached_file
+
+    try:
+        return cached_file(location, "vocab.txt", revision=pin, _raise_exceptions_for_missing_entries=False) is not None
+    except OSError:
+        return False
+
+
 def _esm_tokenizer(location: str, pin: str | None) -> Any:
     """The ESM-2 tokenizer: the model's own files when it has them, else FastESM2's (``ESM_TOKENIZER_ID``)."""
     from transformers import EsmTokenizer
-    from transformers.utils import cached_file
 
-    vocab = cached_file(location, "vocab.txt", revision=pin, _raise_exceptions_for_missing_entries=False)
-    if vocab is not None:
+    if _has_vocabulary(location, pin):
         return EsmTokenizer.from_pretrained(location, revision=pin)
     if esm_tokenizer_missing_offline():
         raise missing_esm_tokenizer_error(location)
