@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .defaults import (CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DNA_PRECISIONS, DNABERT_S_MODEL, ESM_LOADERS,
+from .defaults import (TRUNCATION_SEQ_LENGTH, CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DNA_PRECISIONS, DNABERT_S_MODEL, ESM_LOADERS,
                        FASTESM_MODEL, PROTEIN_PRECISIONS)
 from .errors import ModelLoadError, VirNucProError
 from .hfload import (ESM_TOKENIZER_ID, LOAD_ERRORS, check_local_directory, code_requirement, esm_tokenizer_missing_offline,
@@ -374,11 +374,46 @@ def _encoder_layers(model: Any) -> list[Any]:
     return list(lists[0]) if lists else []
 
 
-def compile_encoder_layers(loaded: LoadedModel) -> LoadedModel:
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def fixed_rotary_tables(model: Any, max_positions: int) -> int:
+    """Give every rotary module that caches its tables per length (an integer ``_seq_len_cached``,
+    ``forward(q, k)``: FastESM2's and transformers 4's ESM rotary) float32 tables for
+    ``max_positions`` built once, sliced per call; returns how many were changed.
+
+    Compiled, the integer attribute is a guard: every new length recompiles until PyTorch's
+    recompile limit, then the rest run eagerly.  Sliced fixed tables compile once for all
+    lengths; the numbers are the module's own up to float rounding.
+    """
+    changed = 0
+    for module in model.modules():
+        inv_freq = getattr(module, "inv_freq", None)
+        if not (isinstance(inv_freq, torch.Tensor) and hasattr(module, "_seq_len_cached")):
+            continue
+        positions = torch.arange(max_positions, device=inv_freq.device, dtype=torch.float32)
+        angles = torch.outer(positions, inv_freq.float())
+        both = torch.cat((angles, angles), dim=-1)
+        cos, sin = both.cos()[None, None], both.sin()[None, None]
+
+        def forward(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor = cos, sin: torch.Tensor = sin):
+            length = k.shape[-2]
+            c, s = cos[:, :, :length], sin[:, :, :length]
+            return ((q * c + _rotate_half(q) * s).to(q.dtype), (k * c + _rotate_half(k) * s).to(k.dtype))
+
+        module.forward = forward
+        changed += 1
+    return changed
+
+
+def compile_encoder_layers(loaded: LoadedModel, backend: str = "inductor") -> LoadedModel:
     """``--compile``: torch.compile every encoder layer in place (dynamic shapes); compiled lazily.
 
-    A failure at compile time leaves the model eager with one warning; a failure at the
-    first call is handled by :func:`uncompile_encoder_layers` from the caller.
+    Rotary tables are made length-independent first (:func:`fixed_rotary_tables`), so one
+    graph serves every protein length.  A failure at compile time leaves the model eager with
+    one warning; a failure at the first call is handled by :func:`uncompile_encoder_layers`.
     """
     if loaded.compiled:
         return loaded
@@ -386,9 +421,12 @@ def compile_encoder_layers(loaded: LoadedModel) -> LoadedModel:
     if not layers:
         log.warning("--compile: no encoder layers found in %s; running eagerly", loaded.name)
         return loaded
+    config = getattr(loaded.model, "config", None)
+    positions = int(getattr(config, "max_position_embeddings", 0) or 0) or 1026
+    fixed_rotary_tables(loaded.model, max(positions, TRUNCATION_SEQ_LENGTH + 2))
     try:
         for layer in layers:
-            layer.compile(dynamic=True)
+            layer.compile(dynamic=True, backend=backend)
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
         uncompile_encoder_layers(loaded, exc)
         return loaded
