@@ -24,7 +24,7 @@ from .files import (HASH_BLOCK, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_
                     remove_temp_files)
 from .outputs import (CONSENSUS_COLUMNS, FEATURES_DIR_NAME, MANIFEST_NAME, RESULTS_COLUMNS, SHARD_FEATURES_GLOB,
                       SUMMARY_COLUMNS, VERSION_KEY, VIRAL_CALL, WORK_DIR_NAME, final_outputs, header_line)
-from .results import SHARD_PARTS, merge_summaries, shard_path
+from .results import SHARD_PARTS, merge_summaries, shard_path, verified_shard
 from .shardindex import SPOOL_NAME, ShardIndex
 
 log = logging.getLogger("virnucpro.predict")
@@ -196,8 +196,12 @@ def merge_sorted(parts: list[Path], target: Path, header: str, *, fan_in: int = 
 
 
 def pending_shards(work: Path, index: ShardIndex) -> list[int]:
-    """The shards of the index without a ``done`` marker, in order (recomputed at every start)."""
-    return [k for k in range(len(index.shards)) if not shard_path(work, k, "done").is_file()]
+    """The shards of the index not verified done, in order (recomputed at every start).
+
+    A finished shard whose files fail its ``done`` marker's sizes and hashes is pending
+    again (one WARNING names the file).
+    """
+    return [k for k, entry in enumerate(index.shards) if not verified_shard(work, k, entry.chunks)]
 
 
 def write_viral_sequences(input_path: Path, summary: Path, target: Path) -> int:
@@ -223,13 +227,12 @@ def write_viral_sequences(input_path: Path, summary: Path, target: Path) -> int:
 
 
 def check_shards_done(work: Path, index: ShardIndex) -> None:
-    """Raise unless every shard of the index is done with the index's chunk count."""
+    """Raise unless every shard of the index is done and its files match their ``done`` marker.
+
+    A shard that fails the check loses its marker (a rerun scores it again).
+    """
     for k, entry in enumerate(index.shards):
-        try:
-            done = json.loads(shard_path(work, k, "done").read_text())
-        except (OSError, ValueError):
-            done = {}
-        if done.get("chunks") != entry.chunks:
+        if not verified_shard(work, k, entry.chunks):
             raise VirNucProError(f"{work}: shard {k} is missing or incomplete; rerun the same command to "
                                  "finish it")
 
