@@ -103,6 +103,8 @@ def find_checkpoint(model: Path | None, length: int) -> Path:
 
 def prepare_outdir(outdir: Path) -> bool:
     """Create OUTDIR, or say why it cannot be used; True when this call created it."""
+    from virnucpro.files import create_new
+
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: OUTDIR exists and is not a directory")
     if outdir.suffix == ".pth" and not outdir.exists():
@@ -112,7 +114,7 @@ def prepare_outdir(outdir: Path) -> bool:
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         probe = outdir / f".write_test_{os.getpid()}"
-        probe.write_bytes(b"")
+        os.close(create_new(probe))  # a new file, never through a planted link
         probe.unlink()
     except OSError as exc:
         raise InputError(f"{outdir}: OUTDIR is not writable ({exc.strerror or exc})") from None
@@ -287,8 +289,19 @@ def _open_locked(args: argparse.Namespace, source: InputSource, device, force: b
         return index or build_index(source, work, args.length, args.shard_size)
 
     with disk_full_says(args.outdir, "the shard index (or a piped input's spool)"):
-        work, index, finished = open_run(args.outdir, settings, force, stem, args.length, get_index)
+        work, index, finished = open_run(args.outdir, settings, force, stem, args.length, get_index,
+                                         protected=run_inputs(args, source, checkpoint))
     return RunPlan(checkpoint, work, index, stem, pending_shards(work, index), finished, revisions)
+
+
+def run_inputs(args: argparse.Namespace, source: InputSource, checkpoint: Path) -> list[tuple[str, Path]]:
+    """The files the run reads (input, checkpoint, local models): none may lie among the files it writes."""
+    named = [("input", source.path)] if not source.is_stdin else []
+    named.append(("checkpoint", checkpoint))
+    for what, model in (("protein model", args.esm_model), ("DNA model", args.dnabert_model)):
+        if model is not None and Path(str(model)).exists():
+            named.append((what, Path(str(model))))
+    return named
 
 
 def load_run_scorer(args: argparse.Namespace, plan: RunPlan, device):

@@ -116,3 +116,74 @@ def test_an_old_format_marker_counts_as_not_done(tmp_path):
         results.shard_path(work, 0, part).write_text("x\n")
     results.shard_path(work, 0, "done").write_text(json.dumps({"sequences": 1, "chunks": 1, "frames": 1}))
     assert results.damaged_shard_file(work, 0, 1) == results.shard_path(work, 0, "done")
+
+
+# --- no writing through links ----------------------------------------------------------------------------
+
+
+def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(run, tmp_path, golden_dir, capsys):
+    outside = tmp_path / "precious.txt"
+    outside.write_text("not the run's\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / outputs.LOCK_NAME).symlink_to(outside)
+    assert run(golden_dir / "reads.fa", 300, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "symbolic link" in err and outputs.LOCK_NAME in err, err
+    assert outside.read_text() == "not the run's\n"
+    assert (out / outputs.LOCK_NAME).is_symlink()
+
+
+def test_a_run_state_name_that_is_a_symlink_is_refused(run, tmp_path, golden_dir, capsys):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / outputs.WORK_DIR_NAME).symlink_to(outside)
+    for extra in ((), ("--force",)):
+        assert run(golden_dir / "reads.fa", 300, out, *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "symbolic link" in err, err
+    assert not any(outside.iterdir())
+
+
+# --- --force removes only the run's own files -------------------------------------------------------------
+
+
+def test_an_input_under_an_outputs_name_is_refused_before_anything_is_deleted(run, tmp_path, golden_dir, capsys):
+    out = tmp_path / "out"
+    assert run(golden_dir / "reads.fa", 300, out) == 0
+    reads = out / outputs.VIRAL_FASTA_NAME
+    reads.write_bytes((golden_dir / "reads.fa").read_bytes())
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for extra in ((), ("--force",)):
+        assert run(reads, 300, out, *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "the input is inside OUTDIR under an output's name" in err, err
+        assert "--force" not in err
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_force_keeps_a_checkpoint_in_the_work_directory(run, tmp_path, golden_dir, capsys, checkpoint_300):
+    out = tmp_path / "out"
+    work = out / outputs.WORK_DIR_NAME
+    work.mkdir(parents=True)
+    kept = work / "300_model_fastesm650.pth"
+    kept.write_bytes(checkpoint_300.read_bytes())
+    assert run(golden_dir / "reads.fa", 300, out, "--force", model=kept) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint" in err and "work directory" in err, err
+    assert kept.read_bytes() == checkpoint_300.read_bytes()
+
+
+def test_force_never_deletes_through_a_linked_features_folder(run, tmp_path, golden_dir):
+    out = tmp_path / "out"
+    assert run(golden_dir / "reads.fa", 300, out) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    theirs = elsewhere / outputs.shard_features_name(0)
+    theirs.write_bytes(b"someone else's features")
+    (out / outputs.FEATURES_DIR_NAME).symlink_to(elsewhere)
+    runstate.remove_own_files(out, "reads", 300)
+    assert theirs.read_bytes() == b"someone else's features"
+    assert not (out / outputs.SUMMARY_NAME).exists() and not (out / outputs.WORK_DIR_NAME).exists()
