@@ -103,7 +103,7 @@ def find_checkpoint(model: Path | None, length: int) -> Path:
 
 def prepare_outdir(outdir: Path) -> bool:
     """Create OUTDIR, or say why it cannot be used; True when this call created it."""
-    from virnucpro.files import create_new
+    import tempfile
 
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: OUTDIR exists and is not a directory")
@@ -113,9 +113,9 @@ def prepare_outdir(outdir: Path) -> bool:
     created = not outdir.exists()
     try:
         outdir.mkdir(parents=True, exist_ok=True)
-        probe = outdir / f".write_test_{os.getpid()}"
-        os.close(create_new(probe))  # a new file, never through a planted link
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=outdir)  # a new file (O_EXCL, O_NOFOLLOW)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise InputError(f"{outdir}: OUTDIR is not writable ({exc.strerror or exc})") from None
     return created

@@ -74,11 +74,6 @@ def fdopen_text_output(fd: int) -> IO[str]:
     return os.fdopen(fd, "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n")
 
 
-def create_new(path: Path, flags: int = os.O_WRONLY) -> int:
-    """Create ``path`` for this run: a new regular file (``O_EXCL``, ``O_NOFOLLOW``); returns its descriptor."""
-    return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-
-
 def open_for_append(path: Path) -> IO[bytes]:
     """Append to a file of this run, never through a symbolic link or into anything but a regular file."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
