@@ -114,6 +114,8 @@ def find_checkpoint(model: Path | None, length: int) -> Path:
 
 def prepare_outdir(outdir: Path) -> bool:
     """Create OUTDIR, or say why it cannot be used; True when this call created it."""
+    import tempfile
+
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: OUTDIR exists and is not a directory")
     if outdir.suffix == ".pth" and not outdir.exists():
@@ -122,9 +124,9 @@ def prepare_outdir(outdir: Path) -> bool:
     created = not outdir.exists()
     try:
         outdir.mkdir(parents=True, exist_ok=True)
-        probe = outdir / f".write_test_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=outdir)  # a new file (O_EXCL, O_NOFOLLOW)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise InputError(f"{outdir}: OUTDIR is not writable ({exc.strerror or exc})") from None
     return created
@@ -317,8 +319,19 @@ def _open_locked(args: argparse.Namespace, source: InputSource, device, force: b
         return index or build_index(source, work, args.length, args.shard_size)
 
     with disk_full_says(args.outdir, "the shard index (or a piped input's spool)"):
-        work, index, finished = open_run(args.outdir, settings, force, stem, args.length, get_index)
+        work, index, finished = open_run(args.outdir, settings, force, stem, args.length, get_index,
+                                         protected=run_inputs(source, checkpoint, models))
     return RunPlan(checkpoint, work, index, stem, pending_shards(work, index), finished, revisions, models)
+
+
+def run_inputs(source: InputSource, checkpoint: Path, models: dict) -> list[tuple[str, Path]]:
+    """The files the run reads (input, checkpoint, local models): none may lie among the files it writes."""
+    named = [("input", source.path)] if not source.is_stdin else []
+    named.append(("checkpoint", checkpoint))
+    for what, kind in (("protein model", "protein"), ("DNA model", "dna")):
+        if Path(models[kind].location).exists():
+            named.append((what, Path(models[kind].location)))
+    return named
 
 
 def load_run_scorer(args: argparse.Namespace, plan: RunPlan, device):

@@ -15,6 +15,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .files import open_for_append
+
 BUCKETS = 256
 DEFAULT_BUFFER_ENTRIES = 1 << 19  # 8 MiB of (hash, offset) pairs
 SPILL_TEMPLATE = "dupcheck_{:03d}.bin"
@@ -55,7 +57,7 @@ class DuplicateIds:
         for bucket in range(BUCKETS):
             low, high = bounds[bucket], bounds[bucket + 1]
             if high > low:
-                with open(self.spill_dir / SPILL_TEMPLATE.format(bucket), "ab") as handle:
+                with open_for_append(self.spill_dir / SPILL_TEMPLATE.format(bucket)) as handle:
                     pairs[low:high].tofile(handle)
         self._spilled = True
 

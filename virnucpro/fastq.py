@@ -10,13 +10,15 @@ validation and messages, as the same read written as FASTA.
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import zipfile
 import zlib
 from typing import IO, Iterator
 
 from .errors import InputError
-from .fasta import UTF8_BOM, FastaRecord, _finish_record, _lines, parse_fasta, read_records, shown_text
+from .fasta import (UTF8_BOM, FastaRecord, LineReader, _binary, _clean, _decoder, _finish_record, parse_fasta,
+                    read_records, shown_text, whole_line)
 from .files import TEXT_ENCODING, TEXT_ERRORS
 
 FASTA, FASTQ = "fasta", "fastq"
@@ -56,52 +58,89 @@ def parse_fastq(handle: IO[bytes], path: str | os.PathLike, *, alphabet: str | N
     the file, record and line for a header not starting with ``@``, a missing ``+`` line,
     a ``+`` line naming another record, qualities of another length than the sequence, a
     truncated record, binary data, and what :func:`~virnucpro.fasta.parse_fasta` refuses
-    in a record (letters, an empty id or sequence).  Duplicate ids are the caller's check.
+    in a record (letters, an empty id or sequence).  Duplicate ids are the caller's check.  Read in
+    pieces like :func:`~virnucpro.fasta.parse_fasta`.
     """
+    lines = LineReader(handle, start)
     try:
-        lines = enumerate(_lines(handle, start), start=1)
-        for line_no, (at, line) in lines:
+        while (item := lines.line()) is not None:
+            at, line = item
+            line_no = lines.line_no
             if b"\x00" in line:
-                raise InputError(f"{path}: line {line_no}: binary data, not a FASTQ file")
+                raise _binary(path, line_no, "FASTQ")
             if not line.strip():
+                for piece in lines.rest():
+                    if b"\x00" in piece:
+                        raise _binary(path, line_no, "FASTQ")
+                    if piece.strip():
+                        raise InputError(f"{path}: line {line_no}: expected a FASTQ record header starting with '@'")
                 continue
             if not line.startswith(_HEADER):
                 raise InputError(f"{path}: line {line_no}: expected a FASTQ record header starting with '@'")
+            line = whole_line(line, lines, path, what="FASTQ")
             header = line[1:].decode(TEXT_ENCODING, TEXT_ERRORS).rstrip()
             name = _record_name(header, line_no)
-            parts = _sequence_lines(path, lines, header, name)
-            _skip_qualities(path, lines, name, sum(len(p) for p in parts))
-            yield at, _finish_record(path, header, parts, alphabet)
+            decoder, bad = _decoder(), set()
+            seq = ""
+            length = 0
+            while True:  # the sequence lines up to the '+' line (checked against the header)
+                item = lines.line()
+                if item is None:
+                    raise InputError(f"{path}: record {name}: truncated (no '+' line and no qualities)")
+                line = item[1]
+                if line.startswith(_SEPARATOR):
+                    repeated = whole_line(line, lines, path, nul_check=False)[1:].strip().decode(TEXT_ENCODING,
+                                                                                               TEXT_ERRORS)
+                    if repeated and repeated.split(None, 1)[0] != (header.split(None, 1) or [''])[0]:
+                        raise InputError(f"{path}: record {name}: the '+' line at line {lines.line_no} names "
+                                         "another record")
+                    break
+                if line.startswith(_HEADER):
+                    raise InputError(f"{path}: record {name}: no '+' line before the next record at line "
+                                     f"{lines.line_no}")
+                counter = _StrippedLength()
+                for piece in itertools.chain((line,), lines.rest()):
+                    counter.add(piece)
+                    seq += _clean(piece, decoder, alphabet, bad)
+                length += counter.length
+            _skip_qualities(path, lines, name, length)
+            seq += _clean(b"", decoder, alphabet, bad, final=True)
+            yield at, _finish_record(path, header, seq, bad, alphabet)
     except (EOFError, gzip.BadGzipFile, zipfile.BadZipFile, zlib.error) as exc:
         raise InputError(f"{path}: corrupt or truncated gzip file ({exc})") from None
 
 
-def _sequence_lines(path, lines, header: str, name: str) -> list[bytes]:
-    """The sequence lines up to the ``+`` line (checked against the header), stripped."""
-    parts: list[bytes] = []
-    for line_no, (_, line) in lines:
-        if line.startswith(_SEPARATOR):
-            repeated = line[1:].strip().decode(TEXT_ENCODING, TEXT_ERRORS)
-            if repeated and repeated.split(None, 1)[0] != (header.split(None, 1) or [''])[0]:
-                raise InputError(f"{path}: record {name}: the '+' line at line {line_no} names another record")
-            return parts
-        if line.startswith(_HEADER):
-            raise InputError(f"{path}: record {name}: no '+' line before the next record at line {line_no}")
-        parts.append(line.strip())
-    raise InputError(f"{path}: record {name}: truncated (no '+' line and no qualities)")
+class _StrippedLength:
+    """The length of a line without white space at either end, added up piece by piece."""
+
+    def __init__(self) -> None:
+        self.length, self._gap, self._started = 0, 0, False
+
+    def add(self, piece: bytes) -> None:
+        if not self._started:
+            piece = piece.lstrip()
+            if not piece:
+                return
+            self._started = True
+        body = piece.rstrip()
+        if body:
+            self.length += self._gap + len(body)
+            self._gap = len(piece) - len(body)
+        else:
+            self._gap += len(piece)
 
 
-def _skip_qualities(path, lines, name: str, length: int) -> None:
+def _skip_qualities(path, lines: LineReader, name: str, length: int) -> None:
     """Read quality lines until they cover ``length`` bases; refuse another length or the end of the file."""
     qualities = 0
     line_no = 0
     while qualities < length:
-        item = next(lines, None)
+        item = lines.line()
         if item is None:
             raise InputError(f"{path}: record {name}: truncated ({qualities} quality characters for "
                              f"{length} bases)")
-        line_no, (_, line) = item
-        qualities += len(line.rstrip(b"\r\n"))
+        line_no = lines.line_no
+        qualities += len(item[1].rstrip(b"\r\n")) + sum(len(piece.rstrip(b"\r\n")) for piece in lines.rest())
     if qualities != length:
         raise InputError(f"{path}: record {name}: {qualities} quality characters for {length} bases "
                          f"(line {line_no})")

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -68,6 +69,20 @@ def open_text_output(path: str | os.PathLike) -> IO[str]:
     return open(path, "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n")
 
 
+def fdopen_text_output(fd: int) -> IO[str]:
+    """:func:`open_text_output` for a descriptor already open for writing (it is closed with the file)."""
+    return os.fdopen(fd, "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="\n")
+
+
+def open_for_append(path: Path) -> IO[bytes]:
+    """Append to a file of this run, never through a symbolic link or into anything but a regular file."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise VirNucProError(f"{path}: not a regular file; remove it")
+    return os.fdopen(fd, "ab")
+
+
 @functools.lru_cache(maxsize=1)
 def process_umask() -> int:
     """The process umask, read once (reading it means setting it, so do it only once)."""
@@ -87,17 +102,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
-        handle = open(tmp, mode) if "b" in mode else open_text_output(tmp)
+        os.fchmod(fd, 0o666 & ~process_umask())  # mkstemp makes 0600; outputs get the usual permissions
+        # the descriptor mkstemp opened (O_EXCL, O_NOFOLLOW): the name is never opened again
+        handle = os.fdopen(fd, mode) if "b" in mode else fdopen_text_output(fd)
+        fd = -1
         with handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
+        if fd >= 0:
+            os.close(fd)
         if tmp.exists():
             tmp.unlink()
 

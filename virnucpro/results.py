@@ -8,6 +8,8 @@ its highest virus score >= its highest other score) and the per-sequence rows of
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Sequence
 
@@ -17,14 +19,19 @@ from . import ids
 from .defaults import VIRUS_CLASS
 from .fasta import write_fasta_record
 from .features import save_merged
-from .files import TEXT_ENCODING, TEXT_ERRORS, atomic_write
+from .files import TEXT_ENCODING, TEXT_ERRORS, atomic_write, file_sha256
 from .outputs import shard_features_name
 from .shards import SequenceInfo, Shard
 
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger("virnucpro.predict")
+
 SHARD_PARTS = ("chunked.fa", "nucleotide.fa", "protein.faa", "results.tsv", "consensus.tsv", "summary.tsv")
+DONE_PART = "done"
+#: The key of a ``done`` marker listing the size and SHA-256 of every file it vouches for.
+DONE_FILES_KEY = "files"
 
 
 def shard_path(work: Path, index: int, part: str) -> Path:
@@ -57,9 +64,56 @@ def write_shard(work: Path, shard: Shard, probabilities: np.ndarray, label_map: 
     if features_dir is not None and features is not None:
         save_merged(features_dir / shard_features_name(shard.index), shard.frame_ids, features,
                     meta["dna_dim"], meta["protein_dim"])
-    with atomic_write(shard_path(work, shard.index, "done")) as handle:
+    files = {part: _file_record(shard_path(work, shard.index, part)) for part in SHARD_PARTS}
+    with atomic_write(shard_path(work, shard.index, DONE_PART)) as handle:
         json.dump({"sequences": len(shard.sequences), "chunks": shard.chunk_count,
-                   "frames": len(shard.frame_ids)}, handle)
+                   "frames": len(shard.frame_ids), DONE_FILES_KEY: files}, handle)
+
+
+def _file_record(path: Path) -> dict:
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def damaged_shard_file(work: Path, index: int, chunks: int) -> Path | None:
+    """The first file of finished shard ``index`` that fails its ``done`` marker's check, else None.
+
+    The marker itself is returned when it is unreadable, of an older format, or for
+    another chunk count; a shard file when its size or SHA-256 differs from the marker's.
+    """
+    marker = shard_path(work, index, DONE_PART)
+    try:
+        done = json.loads(marker.read_text())
+        files = done[DONE_FILES_KEY]
+        if done["chunks"] != chunks or set(files) != set(SHARD_PARTS):
+            return marker
+        expected = {part: (int(files[part]["size"]), str(files[part]["sha256"])) for part in SHARD_PARTS}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return marker
+    for part in SHARD_PARTS:
+        path = shard_path(work, index, part)
+        try:
+            if os.stat(path).st_size != expected[part][0] or file_sha256(path) != expected[part][1]:
+                return path
+        except OSError:
+            return path
+    return None
+
+
+def verified_shard(work: Path, index: int, chunks: int) -> bool:
+    """True when shard ``index`` is finished and every file it vouches for is intact.
+
+    A shard with a marker that fails the check is not done: one WARNING names the file
+    and the marker is removed, so the shard is scored again.
+    """
+    marker = shard_path(work, index, DONE_PART)
+    if not marker.is_file() and not marker.is_symlink():
+        return False
+    damaged = damaged_shard_file(work, index, chunks)
+    if damaged is None:
+        return True
+    log.warning("%s: damaged or unverifiable finished shard file; shard %d is scored again", damaged, index)
+    marker.unlink(missing_ok=True)
+    return False
 
 
 def chunk_best_scores(frame_ids: Sequence[str], probabilities: np.ndarray) -> dict[str, list[np.float32]]:

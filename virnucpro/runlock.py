@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 from datetime import datetime, timezone
@@ -56,10 +57,25 @@ class RunLock:
         self.fd: int | None = None
         self.owner: dict = {}
 
+    def _open(self) -> int:
+        """The lock file, never through a symbolic link, and only when it is a regular file."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            fd = None
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
+                os.close(fd)
+            raise VirNucProError(f"{self.path}: the lock file is a symbolic link or not a regular file; "
+                                 "nothing is written through it: remove it, or choose another OUTDIR")
+        return fd
+
     def acquire(self) -> RunLock:
         """Take the lock, or raise :class:`RunLockedError` naming the live run."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:

@@ -14,18 +14,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterator, Sequence
 
 from . import __version__
 from .errors import VirNucProError
 from .fasta import write_fasta_record
 from .fastq import read_sequences
-from .files import (HASH_BLOCK, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, open_text_output,
+from .dupcheck import SPILL_TEMPLATE
+from .errors import InputError
+from .files import (HASH_BLOCK, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, fdopen_text_output,
                     remove_temp_files)
 from .outputs import (CONSENSUS_COLUMNS, FEATURES_DIR_NAME, MANIFEST_NAME, RESULTS_COLUMNS, SHARD_FEATURES_GLOB,
                       SUMMARY_COLUMNS, VERSION_KEY, VIRAL_CALL, WORK_DIR_NAME, final_outputs, header_line)
-from .results import SHARD_PARTS, merge_summaries, shard_path
-from .shardindex import SPOOL_NAME, ShardIndex
+from .results import SHARD_PARTS, merge_summaries, shard_path, verified_shard
+from .shardindex import INDEX_NAME, SPOOL_NAME, ShardIndex
 
 log = logging.getLogger("virnucpro.predict")
 
@@ -40,19 +42,86 @@ INFO_KEYS = ("finished", VERSION_KEY, ESM_LOADERS_KEY)
 MERGE_FAN_IN = 64
 
 
-def remove_own_files(outdir: Path, stem: str, length: int) -> None:
-    """--force: delete only what this program writes in OUTDIR."""
-    shutil.rmtree(outdir / WORK_DIR_NAME, ignore_errors=True)
-    for path in final_outputs(outdir, stem, length):
-        path.unlink(missing_ok=True)
+#: What this program writes in its work directory; --force removes these and nothing else there.
+OWN_WORK_FILES = (MANIFEST_NAME, INDEX_NAME, SPOOL_NAME, "shard_*", SPILL_TEMPLATE.replace("{:03d}", "*"),
+                  f".*{TEMP_SUFFIX}")
+
+
+def _own_work_files(work: Path) -> list[Path]:
+    if work.is_symlink() or not work.is_dir():
+        return []
+    return sorted({p for pattern in OWN_WORK_FILES for p in work.glob(pattern) if p.is_symlink() or p.is_file()})
+
+
+def _own_feature_files(outdir: Path) -> list[Path]:
     features = outdir / FEATURES_DIR_NAME
-    if features.is_dir():
-        for path in features.glob(SHARD_FEATURES_GLOB):
-            path.unlink()
-        try:
-            features.rmdir()
-        except OSError:
-            pass  # the user keeps other files there
+    if features.is_symlink() or not features.is_dir():
+        return []  # never anything through a linked folder
+    return [p for p in features.glob(SHARD_FEATURES_GLOB) if p.is_symlink() or p.is_file()]
+
+
+def remove_own_files(outdir: Path, stem: str, length: int) -> None:
+    """--force: delete only what this program writes in OUTDIR (never through a symbolic link to a folder)."""
+    work = outdir / WORK_DIR_NAME
+    for path in _own_work_files(work):
+        path.unlink()
+    if not work.is_symlink():
+        with contextlib.suppress(OSError):
+            work.rmdir()  # not empty: files this program did not write stay
+    for path in final_outputs(outdir, stem, length):
+        if path.is_symlink() or path.is_file():
+            path.unlink()  # a link itself, never its target
+    features = outdir / FEATURES_DIR_NAME
+    if features.is_symlink():
+        log.info("%s is a symbolic link: the feature files it leads to are kept", features)
+    for path in _own_feature_files(outdir):
+        path.unlink()
+    if features.is_dir() and not features.is_symlink():
+        with contextlib.suppress(OSError):
+            features.rmdir()  # the user keeps other files there
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        first, second = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def check_inputs_are_not_outputs(outdir: Path, stem: str, length: int,
+                                 protected: Sequence[tuple[str, Path]]) -> None:
+    """Refuse (one line) when an input of the run (``(what, path)`` pairs) lies among the files it writes or removes.
+
+    Compared by resolved path and by inode, against the final outputs, everything in
+    the work directory and the kept feature files; nothing is deleted before this check.
+    """
+    work = (outdir / WORK_DIR_NAME).resolve()
+    ours = final_outputs(outdir, stem, length) + _own_feature_files(outdir)
+    resolved = {p.resolve(): p for p in ours}
+    for what, path in protected:
+        if not path.exists():
+            continue
+        real = path.resolve()
+        hit = resolved.get(real) or next((p for p in ours if _same_file(p, path)), None)
+        if hit is not None:
+            raise InputError(f"{path}: the {what} is inside OUTDIR under an output's name ({hit.name}); move or "
+                             "rename it, or choose another OUTDIR")
+        if real == work or work in real.parents:
+            raise InputError(f"{path}: the {what} is inside OUTDIR's work directory {WORK_DIR_NAME}, which this "
+                             "program writes and removes; move it, or choose another OUTDIR")
+
+
+def check_state_names(outdir: Path) -> None:
+    """Refuse (one line) a symbolic link or a special file where this program keeps its run state."""
+    work = outdir / WORK_DIR_NAME
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise InputError(f"{work}: is a symbolic link or not a directory where this program keeps its run state; "
+                         "remove it, or choose another OUTDIR")
+    for path in (work / MANIFEST_NAME, work / INDEX_NAME, work / SPOOL_NAME):
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise InputError(f"{path}: is a symbolic link or not a regular file where this program keeps its "
+                             "run state; remove it, or choose another OUTDIR")
 
 
 def read_manifest(path: Path) -> dict:
@@ -69,10 +138,11 @@ def read_manifest(path: Path) -> dict:
 
 def remove_stale_temp_files(outdir: Path, stem: str, length: int) -> None:
     """Remove the temporary files a killed run of this program left (final outputs, work files, features)."""
-    removed = remove_temp_files(outdir / WORK_DIR_NAME)
+    removed = 0 if (outdir / WORK_DIR_NAME).is_symlink() else remove_temp_files(outdir / WORK_DIR_NAME)
     for path in final_outputs(outdir, stem, length):
         removed += remove_temp_files(outdir, path.name)
-    removed += remove_temp_files(outdir / FEATURES_DIR_NAME, SHARD_FEATURES_GLOB)
+    if not (outdir / FEATURES_DIR_NAME).is_symlink():
+        removed += remove_temp_files(outdir / FEATURES_DIR_NAME, SHARD_FEATURES_GLOB)
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", removed)
 
@@ -83,8 +153,13 @@ def _changed(old: dict, new: dict, skip: str = "") -> list[str]:
 
 
 def open_run(outdir: Path, settings: dict, force: bool, stem: str, length: int,
-             get_index: Callable[[Path], ShardIndex]) -> tuple[Path, ShardIndex, bool]:
+             get_index: Callable[[Path], ShardIndex],
+             protected: Sequence[tuple[str, Path]] = ()) -> tuple[Path, ShardIndex, bool]:
     """Create or resume the work directory; returns (work_dir, shard index, already_finished).
+
+    ``protected`` (``(what, path)``: the input, the checkpoint, local models) must not lie
+    among the run's files (:func:`check_inputs_are_not_outputs`), checked before anything
+    is removed.
 
     ``settings`` (everything but the input's hash) are checked against an earlier run's
     manifest before ``get_index(work)`` reads the input; the index's hash is then
@@ -92,6 +167,8 @@ def open_run(outdir: Path, settings: dict, force: bool, stem: str, length: int,
     """
     work = outdir / WORK_DIR_NAME
     manifest_path = work / MANIFEST_NAME
+    check_inputs_are_not_outputs(outdir, stem, length, protected)
+    check_state_names(outdir)
     if force:
         remove_own_files(outdir, stem, length)
     remove_stale_temp_files(outdir, stem, length)
@@ -173,11 +250,9 @@ def _merge_round(parts: list[Path], scratch: Path, round_no: int, fan_in: int, m
     for group_no, start in enumerate(range(0, len(parts), fan_in)):
         fd, name = tempfile.mkstemp(prefix=f".consensus_merge_{round_no}_{group_no}.", suffix=TEMP_SUFFIX,
                                     dir=scratch)
-        os.close(fd)
         made.append(Path(name))
         merged.append(Path(name))
-        with _opened(parts[start:start + fan_in]) as handles, \
-                open_text_output(Path(name)) as out:
+        with fdopen_text_output(fd) as out, _opened(parts[start:start + fan_in]) as handles:
             out.writelines(heapq.merge(*handles, key=_chunk_key))
     return merged
 
@@ -213,8 +288,12 @@ def merge_sorted(parts: list[Path], target: Path, header: str, *, fan_in: int = 
 
 
 def pending_shards(work: Path, index: ShardIndex) -> list[int]:
-    """The shards of the index without a ``done`` marker, in order (recomputed at every start)."""
-    return [k for k in range(len(index.shards)) if not shard_path(work, k, "done").is_file()]
+    """The shards of the index not verified done, in order (recomputed at every start).
+
+    A finished shard whose files fail its ``done`` marker's sizes and hashes is pending
+    again (one WARNING names the file).
+    """
+    return [k for k, entry in enumerate(index.shards) if not verified_shard(work, k, entry.chunks)]
 
 
 def write_viral_sequences(input_path: Path, summary: Path, target: Path) -> int:
@@ -240,13 +319,12 @@ def write_viral_sequences(input_path: Path, summary: Path, target: Path) -> int:
 
 
 def check_shards_done(work: Path, index: ShardIndex) -> None:
-    """Raise unless every shard of the index is done with the index's chunk count."""
+    """Raise unless every shard of the index is done and its files match their ``done`` marker.
+
+    A shard that fails the check loses its marker (a rerun scores it again).
+    """
     for k, entry in enumerate(index.shards):
-        try:
-            done = json.loads(shard_path(work, k, "done").read_text())
-        except (OSError, ValueError):
-            done = {}
-        if done.get("chunks") != entry.chunks:
+        if not verified_shard(work, k, entry.chunks):
             raise VirNucProError(f"{work}: shard {k} is missing or incomplete; rerun the same command to "
                                  "finish it")
 

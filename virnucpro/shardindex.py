@@ -155,14 +155,15 @@ class _TeeReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.inner.read(len(buffer))
-        if not data:
+        # straight into the reader's buffer: no block-sized allocation per read
+        view = memoryview(buffer).cast("B")
+        count = self.inner.readinto(view)
+        if not count:
             return 0
-        buffer[:len(data)] = data
-        self.digest.update(data)
+        self.digest.update(view[:count])
         if self.spool is not None:
-            self.spool.write(data)
-        return len(data)
+            self.spool.write(view[:count])
+        return count
 
 
 class _Layout:
