@@ -364,9 +364,11 @@ _ATTN_CHECK = '''
 #: The 1.0 bridge: standard library only, plus the data module beside it.
 _BUNDLE_BRIDGE = '''\
 """Test stand-in for the FastPLMs 1.0 bridge: unpacks the embedded runtime and exposes its classes."""
+import atexit
 import base64
 import hashlib
 import importlib
+import shutil
 import sys
 import tempfile
 from io import BytesIO
@@ -379,6 +381,7 @@ _payload = base64.b85decode("".join(RUNTIME_DATA))
 if hashlib.sha256(_payload).hexdigest() != RUNTIME_HASH:
     raise RuntimeError("Embedded FastPLMs runtime hash mismatch.")
 _root = Path(tempfile.mkdtemp(prefix="fastplms-standin-runtime-"))
+atexit.register(shutil.rmtree, _root, True)
 with ZipFile(BytesIO(_payload)) as _archive:
     _archive.extractall(_root)
 if str(_root) not in sys.path:

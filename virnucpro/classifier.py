@@ -215,11 +215,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is missing {', '.join(missing)}")
-    if checkpoint["input_dim"] != checkpoint["dna_dim"] + checkpoint["protein_dim"]:
-        raise CheckpointError(f"{path}: inconsistent checkpoint (input_dim {checkpoint['input_dim']} != "
-                              f"{checkpoint['dna_dim']} + {checkpoint['protein_dim']})")
-    if not isinstance(checkpoint["state_dict"], dict):
-        raise CheckpointError(f"{path}: checkpoint has no weights dict")
+    label_map = validate_checkpoint_fields(path, checkpoint)
     check_finite_weights(path, checkpoint["state_dict"])
     model = MLPClassifier(checkpoint["input_dim"], checkpoint["hidden_dim"], checkpoint["num_class"])
     try:
@@ -228,6 +224,67 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{path}: weights do not fit the recorded sizes ({str(exc).splitlines()[0]})") from None
     model.to(resolve_device(device)).eval()
     meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
-    meta["label_map"] = {int(k): v for k, v in meta["label_map"].items()}
+    meta["label_map"] = label_map
     return model, meta
+
+
+def expected_weight_shapes(input_dim: int, hidden_dim: int, num_class: int) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of :class:`MLPClassifier` with these sizes (without building it)."""
+    hidden = (hidden_dim,)
+    return {"hidden_layer.weight": (hidden_dim, input_dim), "hidden_layer.bias": hidden,
+            "bn1.weight": hidden, "bn1.bias": hidden, "bn1.running_mean": hidden, "bn1.running_var": hidden,
+            "bn1.num_batches_tracked": (), "output_layer.weight": (num_class, hidden_dim),
+            "output_layer.bias": (num_class,)}
+
+
+def validate_checkpoint_fields(path: Path, checkpoint: dict) -> dict[int, str]:
+    """Check a checkpoint's metadata field by field and its tensors' shapes against the recorded sizes,
+    before anything is allocated; returns its label map (class index -> label).  One-line
+    :class:`CheckpointError` naming the field otherwise."""
+    for key in ("input_dim", "hidden_dim", "num_class", "dna_dim", "protein_dim", "chunk_size"):
+        value = checkpoint[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise CheckpointError(f"{path}: checkpoint field {key} must be a positive integer, not {value!r}")
+    for key in ("dna_model", "protein_model"):
+        if not isinstance(checkpoint[key], str) or not checkpoint[key]:
+            raise CheckpointError(f"{path}: checkpoint field {key} must be a model name, not {checkpoint[key]!r}")
+    if checkpoint["input_dim"] != checkpoint["dna_dim"] + checkpoint["protein_dim"]:
+        raise CheckpointError(f"{path}: inconsistent checkpoint (input_dim {checkpoint['input_dim']} != "
+                              f"{checkpoint['dna_dim']} + {checkpoint['protein_dim']})")
+    raw = checkpoint["label_map"]
+    if not isinstance(raw, dict) or not all(isinstance(v, str) and v for v in raw.values()):
+        raise CheckpointError(f"{path}: checkpoint field label_map must map class indices to label names")
+    try:
+        label_map = {_class_index(k): v for k, v in raw.items()}
+    except ValueError:
+        raise CheckpointError(f"{path}: checkpoint field label_map has keys {sorted(map(repr, raw))}; class "
+                              "indices 0, 1, ... expected") from None
+    if sorted(label_map) != list(range(checkpoint["num_class"])):
+        raise CheckpointError(f"{path}: checkpoint field label_map names classes {sorted(label_map)} but num_class "
+                              f"is {checkpoint['num_class']}")
+    state = checkpoint["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: checkpoint has no weights dict")
+    expected = expected_weight_shapes(checkpoint["input_dim"], checkpoint["hidden_dim"], checkpoint["num_class"])
+    for name, shape in expected.items():
+        tensor = state.get(name)
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path}: checkpoint weights lack {name}")
+        if tuple(tensor.shape) != shape:
+            raise CheckpointError(f"{path}: weights do not fit the recorded sizes ({name} is {tuple(tensor.shape)}, "
+                                  f"input_dim/hidden_dim/num_class say {shape})")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise CheckpointError(f"{path}: checkpoint weights hold {extra[0]}, which the classifier has not")
+    return label_map
+
+
+def _class_index(key: Any) -> int:
+    if isinstance(key, bool):
+        raise ValueError(key)
+    if isinstance(key, int):
+        return key
+    if isinstance(key, str) and key.isdigit():
+        return int(key)
+    raise ValueError(key)
 
