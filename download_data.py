@@ -9,6 +9,13 @@ protozoa, ten for plant, invertebrate, vertebrate_mammalian and vertebrate_other
 the original VirNucPro did (seed 42).  A file already present with the size the
 server reports is skipped, so an interrupted run resumes; each file is written to a
 temporary name and renamed when complete.  Then run make_train_dataset_300.py.
+
+    python download_data.py --original-models [--out-dir .]
+
+instead fetches the published VirNucPro models (300_model.pth, 500_model.pth) from the
+original repository at a pinned commit, checks each against its git blob id (a file that
+does not match is removed and refused, exit 3, as any data-source failure), and converts
+them into 300_model_esm2_3b.pth / 500_model_esm2_3b.pth (see virnucpro/original_models.py).
 """
 from __future__ import annotations
 
@@ -49,7 +56,11 @@ def build_parser() -> cli.CliArgumentParser:
         description="Download the RefSeq viral release and a seeded sample of host genomes for training.",
         epilog="Example: python download_data.py --out-dir data && python make_train_dataset_300.py",
     )
-    parser.add_argument("--out-dir", type=Path, default=Path("data"), help="folder the files are saved in")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="folder the files are saved in (default: data, or . with --original-models)")
+    parser.add_argument("--original-models", action="store_true",
+                        help="fetch the published VirNucPro 300/500 models instead (verified, then converted to "
+                             "300_model_esm2_3b.pth / 500_model_esm2_3b.pth)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the files that would be downloaded (URL and local path) and stop")
     parser.add_argument("--seed", type=int, default=42, help="seed of the host-genome sampling")
@@ -156,7 +167,33 @@ def _network_error(exc: requests.RequestException) -> DataSourceError:
                            "(finished files are kept)")
 
 
+def run_original_models(args: argparse.Namespace) -> int:
+    """--original-models: fetch, verify and convert the published models."""
+    from virnucpro import original_models
+
+    out_dir = args.out_dir if args.out_dir is not None else Path(".")
+    if args.dry_run:
+        for model in original_models.ORIGINAL_MODELS:
+            url = original_models.ORIGINAL_URL_TEMPLATE.format(commit=original_models.ORIGINAL_COMMIT, name=model.name)
+            print(f"{url}\t{out_dir / model.name}\t{out_dir / model.converted_name}")
+        return cli.EXIT_OK
+    session = make_session()
+    try:
+        written = original_models.fetch_and_convert(session, out_dir, timeout=args.timeout, progress=not args.quiet)
+    except requests.RequestException as exc:
+        raise _network_error(exc) from None
+    finally:
+        session.close()
+    log.info("ready: %s (predict with: python prediction.py in.fa 300 out/ --model %s)",
+             ", ".join(str(p) for p in written), written[0])
+    return cli.EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.original_models:
+        return run_original_models(args)
+    if args.out_dir is None:
+        args.out_dir = Path("data")
     session = make_session()
     progress = not args.quiet
     try:
