@@ -1,0 +1,75 @@
+"""build_model.py: the step engine (skip what is finished, resume), the hold-out FASTA and the comparison."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import build_model
+from virnucpro import build
+from virnucpro.errors import RunFailedError
+
+
+def test_dry_run_prints_every_step_and_runs_nothing(tmp_path, capsys):
+    assert build_model.main(["--dry-run", "--work-dir", str(tmp_path / "w"), "--chunk-size", "500"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "1. download", "2. sequences", "3. features", "4. train", "5. originals", "6. holdout", "7. evaluate",
+        "8. compare"]
+    assert "--chunk-size 500" in lines[1] and "500_model_esm2_3b.pth" in lines[6]
+    assert not (tmp_path / "w").exists()
+
+
+def test_steps_resume_after_a_failure(tmp_path, caplog):
+    calls = []
+    fail = {"b": True}
+
+    def step(name):
+        def action():
+            calls.append(name)
+            if fail.get(name):
+                raise RunFailedError(f"{name} broke")
+        return build.Step(name, f"cmd {name}", action)
+
+    steps = [step("a"), step("b"), step("c")]
+    with pytest.raises(RunFailedError):
+        build.run_steps(steps, tmp_path)
+    fail["b"] = False
+    caplog.set_level("INFO")
+    assert build.run_steps(steps, tmp_path) == ["b", "c"]
+    assert calls == ["a", "b", "b", "c"]
+    assert "a: done already; skipped" in caplog.text and "c: finished in" in caplog.text
+    assert build.run_steps(steps, tmp_path) == []
+
+
+def test_script_step_nonzero_exit_stops_the_build(tmp_path):
+    step = build.script_step("train", "train.py", lambda argv: 2, ["--x"])
+    assert step.command == "python train.py --x"
+    with pytest.raises(RunFailedError, match="train.py exited with 2"):
+        build.run_steps([step], tmp_path)
+    assert not (tmp_path / build.BUILD_STATE_DIR / "train.done").exists()
+
+
+def test_holdout_fasta_and_comparison(tmp_path):
+    data = tmp_path / "data"
+    (data / "viral").mkdir(parents=True)
+    (data / "bacteria").mkdir()
+    (data / "viral" / "viral.1.1.identified_nucleotide.fa").write_text(">v1\nACGT\n>v2\nGGGG\n")
+    (data / "bacteria" / "b.1.identified_nucleotide.fa").write_text(">h1\nTTTT\n>h2\nCCCC\n")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("v2\nh1\n")
+    assert build.write_holdout_fasta(data, ids, tmp_path) == 2
+    assert (tmp_path / build.HOLDOUT_VIRAL_NAME).read_text() == ">v2\nGGGG\n"
+    assert (tmp_path / build.HOLDOUT_HOST_NAME).read_text() == ">h1\nTTTT\n"
+    ids.write_text("nothing\n")
+    with pytest.raises(Exception, match="none of the hold-out ids"):
+        build.write_holdout_fasta(data, ids, tmp_path)
+
+    tsv = tmp_path / "evaluation.tsv"
+    cols = ["model", "level", "n", "auroc", "auprc", "accuracy", "f1", "mcc"]
+    rows = [["fast", "frame", 9, 0.5, 0.5, 0.5, 0.5, 0.0], ["fast", "chunk", 4, 0.875, 0.9, 0.75, 0.7, 0.5],
+            ["orig", "frame", 9, 0.6, 0.5, 0.5, 0.5, 0.0], ["orig", "chunk", 4, 0.9375, 0.95, 1.0, 1.0, 1.0]]
+    tsv.write_text("\n".join("\t".join(map(str, r)) for r in [cols, *rows]) + "\n")
+    line = build.write_comparison(tsv, tmp_path / "comparison.tsv", {"fastesm": "fast", "esm2_3b": "orig"})
+    assert line == "FastESM2 AUROC 0.8750 vs ESM2-3B 0.9375 on 4 hold-out chunks"
+    assert (tmp_path / "comparison.tsv").read_text().splitlines()[0] == "\t".join(build.COMPARISON_COLUMNS)
