@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from virnucpro import cli, outputs
+from virnucpro.defaults import ESM2_3B_MODEL
 
 log = logging.getLogger("virnucpro.build_model")
 
@@ -30,6 +31,12 @@ def build_parser() -> cli.CliArgumentParser:
     parser.add_argument("--chunk-size", type=int, choices=(300, 500), default=300, help="chunk length")
     parser.add_argument("--work-dir", type=Path, default=Path("work"), help="folder for everything the build makes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--sequences-per-file", type=cli.positive_int, default=None,
+                        help="features_extract.py --sequences-per-file (default: its own)")
+    parser.add_argument("--epochs", type=cli.positive_int, default=None, help="train.py --epochs (default: its own)")
+    parser.add_argument("--original-esm-model", default=ESM2_3B_MODEL,
+                        help="protein model of the original (recorded in its converted checkpoint and used to "
+                             "compute its features for the hold-out; a local copy of ESM2-3B may be given)")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and their commands, run nothing")
     return parser
 
@@ -49,6 +56,11 @@ def plan(args: argparse.Namespace) -> list:
     original = work / f"{chunk}_model_esm2_3b.pth"
     holdout = work / "holdout"
     evaldir = work / "eval"
+    extract_options = [] if args.sequences_per_file is None else ["--sequences-per-file", str(args.sequences_per_file)]
+    train_options = [] if args.epochs is None else ["--epochs", str(args.epochs)]
+    quiet = ["-q"] if args.quiet else []
+    extract_options += quiet
+    train_options += quiet
     names = {"fastesm": checkpoint.stem, "esm2_3b": original.stem}
 
     def originals() -> None:
@@ -56,7 +68,7 @@ def plan(args: argparse.Namespace) -> list:
         try:
             original_models.fetch_and_convert(session, work, models=[m for m in original_models.ORIGINAL_MODELS
                                                                       if m.chunk_size == chunk],
-                                              progress=not args.quiet)
+                                              progress=not args.quiet, protein_model=args.original_esm_model)
         finally:
             session.close()
 
@@ -73,10 +85,11 @@ def plan(args: argparse.Namespace) -> list:
         build.script_step("sequences", "make_train_dataset_300.py", make_train_dataset_300.main,
                           ["--data-dir", str(data), "--chunk-size", str(chunk)]),
         build.script_step("features", "features_extract.py", features_extract.main,
-                          ["--data-dir", str(data), "--device", args.device]),
+                          ["--data-dir", str(data), "--device", args.device, *extract_options]),
         build.script_step("train", "train.py", train.main,
                           ["--data-dir", str(data / outputs.MERGE_DIR_NAME), "--chunk-size", str(chunk),
-                           "--out", str(checkpoint), "--device", args.device]),
+                           "--out", str(checkpoint), "--log", str(work / outputs.TRAINING_LOG_NAME),
+                           "--device", args.device, *train_options]),
         build.Step("originals", f"python download_data.py --original-models --out-dir {work}", originals),
         build.Step("holdout", f"(hold-out ids {outputs.holdout_ids_path(checkpoint)} -> {holdout}/*.fa)",
                    holdout_fasta),

@@ -73,3 +73,61 @@ def test_holdout_fasta_and_comparison(tmp_path):
     line = build.write_comparison(tsv, tmp_path / "comparison.tsv", {"fastesm": "fast", "esm2_3b": "orig"})
     assert line == "FastESM2 AUROC 0.8750 vs ESM2-3B 0.9375 on 4 hold-out chunks"
     assert (tmp_path / "comparison.tsv").read_text().splitlines()[0] == "\t".join(build.COMPARISON_COLUMNS)
+
+
+class GoldenSource:
+    """NCBI (the golden training genomes) and GitHub (fake originals) in one offline session."""
+
+    def __init__(self, golden_data: Path, originals: dict[str, bytes]):
+        from test_download_data import FakeSession
+        self.files = {p.name: p.read_bytes() for p in golden_data.iterdir()}
+        self.files.update(originals)
+        outer = self
+
+        class Session(FakeSession):
+            def body(self, url):
+                return outer.files.get(url.rsplit("/", 1)[-1], b"")
+
+            def get(self, url, stream=False, timeout=None, headers=None):
+                return super().get(url, stream=stream, timeout=timeout)
+
+        self.session_class = Session
+
+    def __call__(self):
+        return self.session_class({"bacteria": 1})
+
+
+@pytest.mark.slow
+def test_build_runs_end_to_end_and_resumes(tmp_path, monkeypatch, golden_dir, fake_hub, esm_model_dir, capsys,
+                                           caplog):
+    import download_data
+    import units
+    from test_convert_checkpoint import save_original
+    from test_original_models import blob_id
+    from virnucpro import original_models
+
+    width = units.load_protein_model(str(esm_model_dir), "cpu").hidden_size
+    made = tmp_path / "300_model.pth"
+    save_original(made, "__main__", monkeypatch, input_dim=768 + width)
+    monkeypatch.setattr(original_models, "ORIGINAL_MODELS",
+                        (original_models.OriginalModel("300_model.pth", 300, blob_id(made.read_bytes())),))
+    monkeypatch.setattr(download_data, "make_session",
+                        GoldenSource(golden_dir / "train_300" / "data", {"300_model.pth": made.read_bytes()}))
+    work = tmp_path / "work"
+    argv = ["--work-dir", str(work), "--device", "cpu", "--sequences-per-file", "6", "--epochs", "3",
+            "--original-esm-model", str(esm_model_dir), "-q"]
+    assert build_model.main(argv) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("FastESM2 AUROC ") and " vs ESM2-3B " in summary and summary.endswith("hold-out chunks")
+    n = int(summary.split(" on ")[1].split()[0])
+    holdout = (work / "300_model_fastesm650.holdout_ids.txt").read_text().split()
+    assert 0 < n <= len(holdout)
+    rows = (work / "comparison.tsv").read_text().splitlines()
+    assert {r.split("\t")[0] for r in rows[1:]} == {"300_model_fastesm650", "300_model_esm2_3b"}
+    assert (work / "eval" / "roc_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (work / "eval" / "precision_recall_curves.png").is_file()
+    # a rerun finds every step done and changes nothing
+    before = (work / "300_model_fastesm650.pth").stat().st_mtime_ns
+    assert build_model.main(argv[:-1]) == 0
+    assert (work / "300_model_fastesm650.pth").stat().st_mtime_ns == before
+    assert caplog.text.count("done already; skipped") == 8

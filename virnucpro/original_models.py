@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .defaults import ESM2_3B_MODEL
 from .errors import DataSourceError, InputError
 
 log = logging.getLogger("virnucpro.original_models")
@@ -112,8 +113,11 @@ def fetch_original(session: Any, model: OriginalModel, out_dir: Path, *, url_tem
 
 def fetch_and_convert(session: Any, out_dir: Path, *, models: Sequence[OriginalModel] | None = None,
                       url_template: str | None = None, commit: str = ORIGINAL_COMMIT,
-                      timeout: float = 60.0, progress: bool = True) -> list[Path]:
-    """Fetch, verify and convert each original model (default: :data:`ORIGINAL_MODELS`); returns the checkpoints."""
+                      timeout: float = 60.0, progress: bool = True, protein_model: str = ESM2_3B_MODEL) -> list[Path]:
+    """Fetch, verify and convert each original model (default: :data:`ORIGINAL_MODELS`); returns the checkpoints.
+
+    ``protein_model`` is recorded in the converted checkpoints (ESM2-3B, or a local copy of it).
+    """
     from .legacy import convert_legacy_checkpoint
 
     models = ORIGINAL_MODELS if models is None else models
@@ -129,7 +133,8 @@ def fetch_and_convert(session: Any, out_dir: Path, *, models: Sequence[OriginalM
             continue
         source = fetch_original(session, model, out_dir, url_template=url_template, commit=commit,
                                 timeout=timeout, progress=progress)
-        checkpoint = convert_legacy_checkpoint(source, converted, chunk_size=model.chunk_size)
+        checkpoint = convert_legacy_checkpoint(source, converted, chunk_size=model.chunk_size,
+                                               protein_model=protein_model)
         log.info("wrote %s: DNA %d (%s) + protein %d (%s), %d-bp chunks", converted, checkpoint["dna_dim"],
                  checkpoint["dna_model"], checkpoint["protein_dim"], checkpoint["protein_model"], model.chunk_size)
         written.append(converted)
