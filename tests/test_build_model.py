@@ -98,8 +98,7 @@ class GoldenSource:
 
 
 @pytest.mark.slow
-def test_build_runs_end_to_end_and_resumes(tmp_path, monkeypatch, golden_dir, fake_hub, esm_model_dir, capsys,
-                                           caplog):
+def test_build_runs_end_to_end_and_resumes(tmp_path, monkeypatch, golden_dir, fake_hub, esm_model_dir, capsys):
     import download_data
     import units
     from test_convert_checkpoint import save_original
@@ -130,4 +129,4 @@ def test_build_runs_end_to_end_and_resumes(tmp_path, monkeypatch, golden_dir, fa
     before = (work / "300_model_fastesm650.pth").stat().st_mtime_ns
     assert build_model.main(argv[:-1]) == 0
     assert (work / "300_model_fastesm650.pth").stat().st_mtime_ns == before
-    assert caplog.text.count("done already; skipped") == 8
+    assert capsys.readouterr().err.count("done already; skipped") == 8
