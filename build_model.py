@@ -31,6 +31,8 @@ def build_parser() -> cli.CliArgumentParser:
     parser.add_argument("--chunk-size", type=int, choices=(300, 500), default=300, help="chunk length")
     parser.add_argument("--work-dir", type=Path, default=Path("work"), help="folder for everything the build makes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--max-genomes", type=cli.positive_int, default=None, metavar="N",
+                        help="download_data.py --max-genomes: at most N GenBank files per host group (rehearsal)")
     parser.add_argument("--sequences-per-file", type=cli.positive_int, default=None,
                         help="features_extract.py --sequences-per-file (default: its own)")
     parser.add_argument("--epochs", type=cli.positive_int, default=None, help="train.py --epochs (default: its own)")
@@ -57,6 +59,7 @@ def plan(args: argparse.Namespace) -> list:
     holdout = work / "holdout"
     evaldir = work / "eval"
     extract_options = [] if args.sequences_per_file is None else ["--sequences-per-file", str(args.sequences_per_file)]
+    download_options = [] if args.max_genomes is None else ["--max-genomes", str(args.max_genomes)]
     train_options = [] if args.epochs is None else ["--epochs", str(args.epochs)]
     quiet = ["-q"] if args.quiet else []
     extract_options += quiet
@@ -81,7 +84,7 @@ def plan(args: argparse.Namespace) -> list:
         print(build.write_comparison(evaldir / outputs.EVALUATION_TSV_NAME, work / build.COMPARISON_NAME, names))
 
     return [
-        build.script_step("download", "download_data.py", download_data.main, ["--out-dir", str(data)]),
+        build.script_step("download", "download_data.py", download_data.main, ["--out-dir", str(data), *download_options]),
         build.script_step("sequences", "make_train_dataset_300.py", make_train_dataset_300.main,
                           ["--data-dir", str(data), "--chunk-size", str(chunk)]),
         build.script_step("features", "features_extract.py", features_extract.main,

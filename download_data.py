@@ -64,6 +64,9 @@ def build_parser() -> cli.CliArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="list the files that would be downloaded (URL and local path) and stop")
     parser.add_argument("--seed", type=int, default=42, help="seed of the host-genome sampling")
+    parser.add_argument("--max-genomes", type=cli.positive_int, default=None, metavar="N",
+                        help="sample at most N GenBank files per host group (a small rehearsal; default: the "
+                             "original counts)")
     parser.add_argument("--base-url", default=RELEASE_URL, help="RefSeq release folder")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds to wait for the server before giving up")
@@ -94,8 +97,12 @@ def list_genomic_links(session: Any, url: str, timeout: float) -> list[str]:
     return links
 
 
-def plan_downloads(session: Any, base_url: str, seed: int, timeout: float) -> list[str]:
-    """The URLs to fetch: the viral release, then the sampled host files (no duplicates)."""
+def plan_downloads(session: Any, base_url: str, seed: int, timeout: float,
+                   max_genomes: int | None = None) -> list[str]:
+    """The URLs to fetch: the viral release, then the sampled host files (no duplicates).
+
+    ``max_genomes`` caps the GenBank files sampled per host group (a small rehearsal).
+    """
     base_url = base_url if base_url.endswith("/") else base_url + "/"
     rng = random.Random(seed)
     urls = [urljoin(base_url, name) for name in VIRAL_FILES]
@@ -104,6 +111,7 @@ def plan_downloads(session: Any, base_url: str, seed: int, timeout: float) -> li
         gbff_files = [link for link in list_genomic_links(session, listing, timeout) if link.endswith(GBFF_SUFFIX)]
         if not gbff_files:
             log.warning("%s: no *%s files listed", listing, GBFF_SUFFIX)
+        count = count if max_genomes is None else min(count, max_genomes)
         sampled = rng.sample(gbff_files, min(count, len(gbff_files)))
         log.info("%s: %s", group, ", ".join(PurePosixPath(urlparse(u).path).name for u in sampled) or "nothing")
         for gbff in sampled:
@@ -197,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     session = make_session()
     progress = not args.quiet
     try:
-        urls = plan_downloads(session, args.base_url, args.seed, args.timeout)
+        urls = plan_downloads(session, args.base_url, args.seed, args.timeout, args.max_genomes)
         if args.dry_run:
             for url in urls:
                 target = local_path(url, args.out_dir)

@@ -113,8 +113,8 @@ def test_build_runs_end_to_end_and_resumes(tmp_path, monkeypatch, golden_dir, fa
     monkeypatch.setattr(download_data, "make_session",
                         GoldenSource(golden_dir / "train_300" / "data", {"300_model.pth": made.read_bytes()}))
     work = tmp_path / "work"
-    argv = ["--work-dir", str(work), "--device", "cpu", "--sequences-per-file", "6", "--epochs", "3",
-            "--original-esm-model", str(esm_model_dir), "-q"]
+    argv = ["--work-dir", str(work), "--device", "cpu", "--max-genomes", "1", "--sequences-per-file", "6",
+            "--epochs", "3", "--original-esm-model", str(esm_model_dir), "-q"]
     assert build_model.main(argv) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("FastESM2 AUROC ") and " vs ESM2-3B " in summary and summary.endswith("hold-out chunks")
