@@ -84,9 +84,10 @@ def plan(args: argparse.Namespace) -> list:
         print(build.write_comparison(evaldir / outputs.EVALUATION_TSV_NAME, work / build.COMPARISON_NAME, names))
 
     return [
-        build.script_step("download", "download_data.py", download_data.main, ["--out-dir", str(data), *download_options]),
+        build.script_step("download", "download_data.py", download_data.main,
+                          ["--out-dir", str(data), *download_options, *quiet]),
         build.script_step("sequences", "make_train_dataset_300.py", make_train_dataset_300.main,
-                          ["--data-dir", str(data), "--chunk-size", str(chunk)]),
+                          ["--data-dir", str(data), "--chunk-size", str(chunk), *quiet]),
         build.script_step("features", "features_extract.py", features_extract.main,
                           ["--data-dir", str(data), "--device", args.device, *extract_options]),
         build.script_step("train", "train.py", train.main,
@@ -99,7 +100,7 @@ def plan(args: argparse.Namespace) -> list:
         build.script_step("evaluate", "evaluate.py", evaluate.main,
                           ["--viral", str(holdout / build.HOLDOUT_VIRAL_NAME), "--host",
                            str(holdout / build.HOLDOUT_HOST_NAME), "--model", str(checkpoint), "--model",
-                           str(original), "--outdir", str(evaldir), "--device", args.device]),
+                           str(original), "--outdir", str(evaldir), "--device", args.device, *quiet]),
         build.Step("compare", f"(comparison {work / build.COMPARISON_NAME})", compare),
     ]
 
