@@ -9,6 +9,13 @@ protozoa, ten for plant, invertebrate, vertebrate_mammalian and vertebrate_other
 the original VirNucPro did (seed 42).  A file already present with the size the
 server reports is skipped, so an interrupted run resumes; each file is written to a
 temporary name and renamed when complete.  Then run make_train_dataset_300.py.
+
+    python download_data.py --original-models [--out-dir .]
+
+instead fetches the published VirNucPro models (300_model.pth, 500_model.pth) from the
+original repository at a pinned commit, checks each against its git blob id (a file that
+does not match is removed and refused, exit 3, as any data-source failure), and converts
+them into 300_model_esm2_3b.pth / 500_model_esm2_3b.pth (see virnucpro/original_models.py).
 """
 from __future__ import annotations
 
@@ -49,10 +56,17 @@ def build_parser() -> cli.CliArgumentParser:
         description="Download the RefSeq viral release and a seeded sample of host genomes for training.",
         epilog="Example: python download_data.py --out-dir data && python make_train_dataset_300.py",
     )
-    parser.add_argument("--out-dir", type=Path, default=Path("data"), help="folder the files are saved in")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="folder the files are saved in (default: data, or . with --original-models)")
+    parser.add_argument("--original-models", action="store_true",
+                        help="fetch the published VirNucPro 300/500 models instead (verified, then converted to "
+                             "300_model_esm2_3b.pth / 500_model_esm2_3b.pth)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the files that would be downloaded (URL and local path) and stop")
     parser.add_argument("--seed", type=int, default=42, help="seed of the host-genome sampling")
+    parser.add_argument("--max-genomes", type=cli.positive_int, default=None, metavar="N",
+                        help="sample at most N GenBank files per host group (a small rehearsal; default: the "
+                             "original counts)")
     parser.add_argument("--base-url", default=RELEASE_URL, help="RefSeq release folder")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds to wait for the server before giving up")
@@ -83,8 +97,12 @@ def list_genomic_links(session: Any, url: str, timeout: float) -> list[str]:
     return links
 
 
-def plan_downloads(session: Any, base_url: str, seed: int, timeout: float) -> list[str]:
-    """The URLs to fetch: the viral release, then the sampled host files (no duplicates)."""
+def plan_downloads(session: Any, base_url: str, seed: int, timeout: float,
+                   max_genomes: int | None = None) -> list[str]:
+    """The URLs to fetch: the viral release, then the sampled host files (no duplicates).
+
+    ``max_genomes`` caps the GenBank files sampled per host group (a small rehearsal).
+    """
     base_url = base_url if base_url.endswith("/") else base_url + "/"
     rng = random.Random(seed)
     urls = [urljoin(base_url, name) for name in VIRAL_FILES]
@@ -93,6 +111,7 @@ def plan_downloads(session: Any, base_url: str, seed: int, timeout: float) -> li
         gbff_files = [link for link in list_genomic_links(session, listing, timeout) if link.endswith(GBFF_SUFFIX)]
         if not gbff_files:
             log.warning("%s: no *%s files listed", listing, GBFF_SUFFIX)
+        count = count if max_genomes is None else min(count, max_genomes)
         sampled = rng.sample(gbff_files, min(count, len(gbff_files)))
         log.info("%s: %s", group, ", ".join(PurePosixPath(urlparse(u).path).name for u in sampled) or "nothing")
         for gbff in sampled:
@@ -156,11 +175,37 @@ def _network_error(exc: requests.RequestException) -> DataSourceError:
                            "(finished files are kept)")
 
 
+def run_original_models(args: argparse.Namespace) -> int:
+    """--original-models: fetch, verify and convert the published models."""
+    from virnucpro import original_models
+
+    out_dir = args.out_dir if args.out_dir is not None else Path(".")
+    if args.dry_run:
+        for model in original_models.ORIGINAL_MODELS:
+            url = original_models.ORIGINAL_URL_TEMPLATE.format(commit=original_models.ORIGINAL_COMMIT, name=model.name)
+            print(f"{url}\t{out_dir / model.name}\t{out_dir / model.converted_name}")
+        return cli.EXIT_OK
+    session = make_session()
+    try:
+        written = original_models.fetch_and_convert(session, out_dir, timeout=args.timeout, progress=not args.quiet)
+    except requests.RequestException as exc:
+        raise _network_error(exc) from None
+    finally:
+        session.close()
+    log.info("ready: %s (predict with: python prediction.py in.fa 300 out/ --model %s)",
+             ", ".join(str(p) for p in written), written[0])
+    return cli.EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.original_models:
+        return run_original_models(args)
+    if args.out_dir is None:
+        args.out_dir = Path("data")
     session = make_session()
     progress = not args.quiet
     try:
-        urls = plan_downloads(session, args.base_url, args.seed, args.timeout)
+        urls = plan_downloads(session, args.base_url, args.seed, args.timeout, args.max_genomes)
         if args.dry_run:
             for url in urls:
                 target = local_path(url, args.out_dir)

@@ -161,3 +161,15 @@ def test_short_body_is_refused(session: FakeSession, tmp_path: Path, monkeypatch
     assert download_data.main(["--out-dir", str(out), "-q"]) == 3
     assert "incomplete" in capsys.readouterr().err
     assert list(out.iterdir()) == []
+
+
+def test_max_genomes_caps_each_host_group(tmp_path, capsys):
+    session = FakeSession(SIZES)
+    urls = download_data.plan_downloads(session, BASE, 42, 1.0, max_genomes=2)
+    gbff = [u for u in urls if u.endswith(download_data.GBFF_SUFFIX) and "/viral/" not in u]
+    per_group = {}
+    for url in gbff:
+        group = url.split("/")[-2]
+        per_group[group] = per_group.get(group, 0) + 1
+    assert per_group["plant"] == 2 and per_group["vertebrate_mammalian"] == 2 and per_group["bacteria"] == 1
+    assert len(urls) == 2 + 2 * len(gbff)
