@@ -12,6 +12,7 @@ import torch
 
 import download_data
 from test_convert_checkpoint import save_original
+from virnucpro.original_models import ORIGINAL_COMMIT
 from virnucpro import original_models
 from virnucpro.defaults import ESM2_3B_MODEL
 from virnucpro.errors import DataSourceError
@@ -98,7 +99,7 @@ def test_real_ids_and_pinned_url_are_the_defaults():
         ("500_model.pth", 500, "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d")]
     assert original_models.ORIGINAL_URL_TEMPLATE.format(commit=original_models.ORIGINAL_COMMIT,
                                                         name="300_model.pth") == \
-        "https://raw.githubusercontent.com/Li-Jing-1997/VirNucPro/0f93f27/300_model.pth"
+        "https://raw.githubusercontent.com/Li-Jing-1997/VirNucPro/0f93f2755a7ea1acd3ff1bcf182892f960ef3326/300_model.pth"
 
 
 def test_fetch_verify_convert_and_rerun_skips(tmp_path, originals):
@@ -108,7 +109,7 @@ def test_fetch_verify_convert_and_rerun_skips(tmp_path, originals):
         written = fetch_and_convert(download_data.make_session(), out, models=models, url_template=server.template,
                                     progress=False)
         assert [p.name for p in written] == ["300_model_esm2_3b.pth", "500_model_esm2_3b.pth"]
-        assert [path for path, _ in server.requests] == ["/0f93f27/300_model.pth", "/0f93f27/500_model.pth"]
+        assert [path for path, _ in server.requests] == [f"/{ORIGINAL_COMMIT}/{name}" for name in ("300_model.pth", "500_model.pth")]
         for model in models:
             assert (out / model.name).read_bytes() == files[model.name]
         checkpoint = torch.load(written[1], weights_only=True)
@@ -139,7 +140,7 @@ def test_interrupted_download_resumes_with_range(tmp_path, originals):
         assert not (out / "300_model.pth").exists()
         fetch_and_convert(download_data.make_session(), out, models=models[:1], url_template=server.template,
                           progress=False)
-        assert server.requests[-1] == ("/0f93f27/300_model.pth", f"bytes={have}-")
+        assert server.requests[-1] == ("/0f93f2755a7ea1acd3ff1bcf182892f960ef3326/300_model.pth", f"bytes={have}-")
     assert (out / "300_model.pth").read_bytes() == files["300_model.pth"]
     assert (out / "300_model_esm2_3b.pth").is_file()
 
@@ -172,7 +173,7 @@ def test_cli_network_error_is_one_line_exit_3(tmp_path, monkeypatch, capsys):
 def test_cli_dry_run_lists_the_pinned_urls(tmp_path, capsys):
     assert download_data.main(["--original-models", "--dry-run", "--out-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("https://raw.githubusercontent.com/Li-Jing-1997/VirNucPro/0f93f27/300_model.pth\t")
+    assert lines[0].startswith("https://raw.githubusercontent.com/Li-Jing-1997/VirNucPro/0f93f2755a7ea1acd3ff1bcf182892f960ef3326/300_model.pth\t")
     assert lines[1].endswith("500_model_esm2_3b.pth")
     assert list(tmp_path.iterdir()) == []
 

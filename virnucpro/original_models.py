@@ -22,7 +22,7 @@ from .errors import DataSourceError, InputError
 log = logging.getLogger("virnucpro.original_models")
 
 #: The original repository's commit the files are fetched from (pinned: the blob ids belong to it).
-ORIGINAL_COMMIT = "0f93f27"
+ORIGINAL_COMMIT = "0f93f2755a7ea1acd3ff1bcf182892f960ef3326"  # 0f93f27: the full id, so the raw-file host needs no short-id lookup
 #: Where one file of that commit is served (raw-file form of a pinned commit).
 ORIGINAL_URL_TEMPLATE = "https://raw.githubusercontent.com/Li-Jing-1997/VirNucPro/{commit}/{name}"
 PART_SUFFIX = ".part"
