@@ -209,3 +209,30 @@ def test_converted_original_beside_a_fastesm_model(tmp_path, monkeypatch, golden
     assert report["models"]["300_model_fastesm650"]["esm_model"] == units.FASTESM_MODEL
     assert {row["model"] for row in report["metrics"]} == {"300_model_esm2", "300_model_fastesm650"}
     assert len(report["agreement"]) == 3
+
+
+def test_converted_original_predicts_with_no_model_option(tmp_path, monkeypatch, golden_dir, fake_hub):
+    """The first run of issue 18: the converted original records DNABERT-S and ESM2-3B (a plain ESM-2),
+    so prediction.py runs it with no model option."""
+    import json
+
+    from huggingface_hub import constants
+
+    import prediction
+    import standins
+    from virnucpro.defaults import ESM2_3B_MODEL
+
+    esm2 = standins.build_esm2_standin(tmp_path / "esm2_3b_standin")  # stands in for facebook/esm2_t36_3B_UR50D
+    standins.add_to_fake_hub(constants.HF_HUB_CACHE, ESM2_3B_MODEL, esm2)
+    source = tmp_path / "300_model.pth"
+    save_original(source, "__main__", monkeypatch, input_dim=768 + 32)
+    converted = tmp_path / "300_model_esm2_3b.pth"
+    assert convert_checkpoint.main([str(source), str(converted), "--chunk-size", "300", "-q"]) == 0
+    reads = tmp_path / "in.fa"
+    reads.write_text("".join((golden_dir / "reads.fa").read_text().splitlines(True)[:6]))
+    out = tmp_path / "out"
+    assert prediction.main([str(reads), "300", str(out), "--model", str(converted), "--device", "cpu", "-q"]) == 0
+    manifest = json.loads((out / outputs.WORK_DIR_NAME / outputs.MANIFEST_NAME).read_text())
+    assert manifest["esm_model"] == ESM2_3B_MODEL and manifest["dnabert_model"] == units.DNABERT_S_MODEL
+    assert manifest["esm_loaders"] == ["native"]  # transformers' own EsmModel, no remote code
+    assert (out / "prediction_results.txt").read_text().count("\n") > 1
