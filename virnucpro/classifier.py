@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .defaults import ESM2_3B_MODEL, LABEL_MAP
+from .defaults import ESM2_3B_MODEL, LABEL_MAP, VIRUS_CLASS
 from .errors import CheckpointError
 from .files import atomic_torch_save, require_file
 from .models import resolve_device
@@ -187,6 +187,51 @@ def _load_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
+def _positive_int(value: Any) -> bool:
+    """True for a positive int (bools excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _shape(state_dict: dict[str, Any], name: str) -> tuple[int, ...] | None:
+    """The shape of a stored tensor, or None when it is absent or not a tensor."""
+    tensor = state_dict.get(name)
+    return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+
+
+def validate_metadata(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Check a checkpoint's recorded fields one by one, and its sizes against the stored tensors.
+
+    Runs before any model is built, so a file claiming huge sizes allocates nothing.
+    """
+    for key in ("input_dim", "hidden_dim", "num_class", "dna_dim", "protein_dim", "chunk_size"):
+        if not _positive_int(checkpoint[key]):
+            raise CheckpointError(f"{path}: checkpoint field {key} must be a positive integer, "
+                                  f"not {checkpoint[key]!r}")
+    num_class = checkpoint["num_class"]
+    label_map = checkpoint["label_map"]
+    if not isinstance(label_map, dict) or any(isinstance(k, bool) or not isinstance(k, int)
+                                              or not isinstance(v, str) for k, v in label_map.items()):
+        raise CheckpointError(f"{path}: checkpoint field label_map must map integer classes to names "
+                              f"(got {str(label_map)[:120]})")
+    if sorted(label_map) != list(range(num_class)):
+        raise CheckpointError(f"{path}: checkpoint field label_map has classes {sorted(label_map)} but "
+                              f"num_class is {num_class} (expected 0..{num_class - 1})")
+    if len(set(label_map.values())) != len(label_map):
+        raise CheckpointError(f"{path}: checkpoint field label_map names a class twice ({label_map})")
+    state = checkpoint["state_dict"]
+    expected = {"hidden_layer.weight": (checkpoint["hidden_dim"], checkpoint["input_dim"]),
+                "hidden_layer.bias": (checkpoint["hidden_dim"],),
+                "bn1.weight": (checkpoint["hidden_dim"],),
+                "output_layer.weight": (num_class, checkpoint["hidden_dim"]),
+                "output_layer.bias": (num_class,)}
+    for name, shape in expected.items():
+        stored = _shape(state, name)
+        if stored != shape:
+            raise CheckpointError(f"{path}: weights do not fit the recorded sizes ({name} is "
+                                  f"{'absent' if stored is None else tuple(stored)}, input_dim/hidden_dim/"
+                                  f"num_class say {shape})")
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MLPClassifier, dict]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``), in eval mode.
 
@@ -220,6 +265,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                               f"{checkpoint['dna_dim']} + {checkpoint['protein_dim']})")
     if not isinstance(checkpoint["state_dict"], dict):
         raise CheckpointError(f"{path}: checkpoint has no weights dict")
+    validate_metadata(path, checkpoint)
     check_finite_weights(path, checkpoint["state_dict"])
     model = MLPClassifier(checkpoint["input_dim"], checkpoint["hidden_dim"], checkpoint["num_class"])
     try:
@@ -231,3 +277,16 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     meta["label_map"] = {int(k): v for k, v in meta["label_map"].items()}
     return model, meta
 
+
+
+def binary_columns(path: str | os.PathLike, meta: dict[str, Any]) -> tuple[int, int]:
+    """The output columns of the virus and the others class, read from the checkpoint's ``label_map``.
+
+    Evaluation knows only those two classes: a checkpoint with other classes is refused.
+    """
+    names = {name: index for index, name in meta["label_map"].items()}
+    wanted = set(LABEL_MAP.values())
+    if meta["num_class"] != len(wanted) or set(names) != wanted:
+        raise CheckpointError(f"{path}: a {meta['num_class']}-class checkpoint (classes "
+                              f"{sorted(names)}); the test set has only {sorted(wanted)}")
+    return names[LABEL_MAP[VIRUS_CLASS]], names[LABEL_MAP[1 - VIRUS_CLASS]]
