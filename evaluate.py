@@ -99,7 +99,7 @@ def write_labelled_input(viral: Path, host: Path, target: Path) -> dict[str, int
 def sequence_tables(args: argparse.Namespace, names: list[str]) -> tuple[dict, dict, dict]:
     """Run prediction.py for each model on the labelled sequences; read its outputs back."""
     import prediction
-    from virnucpro.classifier import binary_columns, load_checkpoint
+    from virnucpro.classifier import load_checkpoint
     from virnucpro.evaluation import level_tables, read_prediction_frames
 
     args.outdir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,6 @@ def sequence_tables(args: argparse.Namespace, names: list[str]) -> tuple[dict, d
     tables, runs = {}, {}
     for name, checkpoint in zip(names, args.model):
         _, meta = load_checkpoint(checkpoint)
-        binary_columns(checkpoint, meta)
         run_dir = args.outdir / name
         argv = [str(labelled), str(meta["chunk_size"]), str(run_dir), "--model", str(checkpoint),
                 "--esm-model", args.esm_model or meta["protein_model"],
@@ -186,6 +185,7 @@ def feature_tables(args: argparse.Namespace, names: list[str]) -> tuple[dict, di
 def evaluate(args: argparse.Namespace) -> int:
     """Score every model, then write the metrics, the agreement and the curves."""
     from virnucpro.evaluation import evaluate_models, plot_curves, write_report
+    from virnucpro.classifier import binary_columns, load_checkpoint
     from virnucpro.files import require_writable_dir
 
     sequences = args.viral is not None or args.host is not None
@@ -199,6 +199,8 @@ def evaluate(args: argparse.Namespace) -> int:
         if not checkpoint.is_file():
             raise InputError(f"{checkpoint}: checkpoint not found")
     require_writable_dir(args.outdir, "--outdir")
+    for checkpoint in args.model:  # every checkpoint is checked before the scoring starts
+        binary_columns(checkpoint, load_checkpoint(checkpoint)[1])
     names = model_names(args.model)
     tables, runs, expected = (sequence_tables if sequences else feature_tables)(args, names)
     metric_rows, agreement_rows = evaluate_models(tables, expected)
