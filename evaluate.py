@@ -156,8 +156,7 @@ def feature_tables(args: argparse.Namespace, names: list[str]) -> tuple[dict, di
     import torch
 
     from virnucpro.training_data import load_training_data
-    from virnucpro.classifier import load_checkpoint
-    from virnucpro.defaults import VIRUS_CLASS
+    from virnucpro.classifier import binary_columns, load_checkpoint
     from virnucpro.errors import CheckpointError
     from virnucpro.evaluation import frame_table, level_tables
     from virnucpro.models import resolve_device
@@ -184,8 +183,9 @@ def feature_tables(args: argparse.Namespace, names: list[str]) -> tuple[dict, di
             raise CheckpointError(f"{checkpoint}: expects features {meta['dna_dim']} + {meta['protein_dim']} "
                                   f"wide, but {args.features} holds {data.dna_dim} + {data.protein_dim}; "
                                   "compare models of other feature spaces with --viral/--host")
+        virus_col, others_col = binary_columns(checkpoint, meta)
         probabilities = classifier_probabilities(classifier, features, meta["num_class"], device)
-        frames = frame_table(selected_ids, labels, probabilities[:, VIRUS_CLASS], probabilities[:, 1 - VIRUS_CLASS])
+        frames = frame_table(selected_ids, labels, probabilities[:, virus_col], probabilities[:, others_col])
         tables[name] = level_tables(frames) if data.ids is not None else {"frame": frames}
         runs[name] = {"checkpoint": str(checkpoint), "chunk_size": meta["chunk_size"]}
     return tables, runs, None
@@ -194,6 +194,8 @@ def feature_tables(args: argparse.Namespace, names: list[str]) -> tuple[dict, di
 def evaluate(args: argparse.Namespace) -> int:
     """Score every model, then write the metrics, the agreement and the curves."""
     from virnucpro.evaluation import evaluate_models, plot_curves, write_report
+    from virnucpro.classifier import binary_columns, load_checkpoint
+    from virnucpro.files import require_writable_dir
 
     sequences = args.viral is not None or args.host is not None
     if sequences == (args.features is not None):
@@ -205,6 +207,9 @@ def evaluate(args: argparse.Namespace) -> int:
     for checkpoint in args.model:
         if not checkpoint.is_file():
             raise InputError(f"{checkpoint}: checkpoint not found")
+    require_writable_dir(args.outdir, "--outdir")
+    for checkpoint in args.model:  # every checkpoint is checked before the scoring starts
+        binary_columns(checkpoint, load_checkpoint(checkpoint)[1])
     names = model_names(args.model)
     tables, runs, expected = (sequence_tables if sequences else feature_tables)(args, names)
     metric_rows, agreement_rows = evaluate_models(tables, expected)

@@ -47,6 +47,8 @@ DEFAULT_CHUNK_SIZE = 300
 DEFAULT_OUT_TEMPLATE = outputs.checkpoint_name("{chunk_size}")  # type: ignore[arg-type]
 DEFAULT_LOG = Path(outputs.TRAINING_LOG_NAME)
 NUM_CLASS = 2
+#: An interrupted run writes its best epoch so far beside --out: NAME.interrupted.pth.
+INTERRUPTED_INFIX = ".interrupted"
 
 
 # ---------------------------------------------------------------------------
@@ -149,7 +151,9 @@ def build_parser() -> cli.CliArgumentParser:
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(checkpoint, metrics JSON), checked before any work."""
+    """(checkpoint, metrics JSON), checked before any work (their folders must be writable)."""
+    from virnucpro.files import require_writable_dir
+
     out_path: Path = args.out if args.out is not None else Path(outputs.checkpoint_name(args.chunk_size))
     metrics_path: Path = args.metrics_json if args.metrics_json is not None else out_path.with_suffix(".json")
     for path, what in ((out_path, "--out"), (metrics_path, "--metrics-json"), (args.log, "--log")):
@@ -157,6 +161,8 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
             raise InputError(f"{path}: is a directory ({what} needs a file name)")
     if out_path.resolve() == metrics_path.resolve():
         raise InputError(f"{out_path}: --metrics-json must differ from the checkpoint path")
+    for path, what in ((out_path, "--out"), (metrics_path, "--metrics-json"), (args.log, "--log")):
+        require_writable_dir(path.parent, f"the folder of {what}")
     return out_path, metrics_path
 
 
@@ -204,7 +210,7 @@ def best_metrics(fitted: FitResult, args: argparse.Namespace, n_train: int) -> d
         "n_train": int(n_train),
         "epochs_run": len(fitted.history),
         "stopped_early": fitted.stopped_early,
-        "interrupted": fitted.interrupted,
+        "interrupted": fitted.interrupted is not None,
         "split_by": args.split_by,
         "test_fraction": float(args.test_fraction),
         "seed": int(args.seed),
@@ -281,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
                    f"input {data.input_dim}, hold-out {len(test_rows)} rows split by {args.split_by}, "
                    f"seed {args.seed}, lr {args.lr}, batch {args.batch_size}, device {device}")
         fitted = training.fit(model, data, loader, test_rows, schedule, device, write_line, progress)
+        if fitted.interrupted is not None:  # a finished checkpoint at --out stays: the best epoch so far goes beside it
+            out_path, metrics_path = interrupted_path(out_path), interrupted_path(metrics_path)
         metrics = best_metrics(fitted, args, len(train_rows))
         save_checkpoint(out_path, model, dna_model=names[0], dna_dim=data.dna_dim, protein_model=names[1],
                         protein_dim=data.protein_dim, chunk_size=args.chunk_size, metrics=metrics,
@@ -293,14 +301,23 @@ def run(args: argparse.Namespace) -> int:
                    f"Test AUROC {best['auroc']:.4f}; saved to {out_path}")
     log.info("best epoch %d (hold-out loss %.4f, accuracy %.4f, AUROC %.4f) saved to %s; metrics in %s",
              best["epoch"], best["loss"], best["accuracy"], best["auroc"], out_path, metrics_path)
-    if fitted.interrupted:
-        raise KeyboardInterrupt
+    if fitted.interrupted is not None:
+        log.warning("the best epoch so far is in %s; %s is unchanged. Training does not resume: rerun the "
+                    "same command to train again from epoch 1", out_path, args.out or outputs.checkpoint_name(
+                        args.chunk_size))
+        raise fitted.interrupted
     return cli.EXIT_OK
+
+
+def interrupted_path(path: Path) -> Path:
+    """Where an interrupted run writes ``path`` (beside it: NAME.interrupted.SUFFIX)."""
+    return path.with_name(f"{path.stem}{INTERRUPTED_INFIX}{path.suffix}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see --help)."""
-    return cli.script_main(PROG, build_parser(), run, argv)
+    return cli.script_main(PROG, build_parser(), run, argv,
+                           "rerun the same command to train again (training restarts from epoch 1)")
 
 
 if __name__ == "__main__":

@@ -203,3 +203,47 @@ def test_sequences_one_model(tmp_path, golden_dir, checkpoint_300, esm_model_dir
     assert len(read_tsv(out / outputs.AGREEMENT_TSV_NAME)) == 0
     labelled = list(read_fasta(out / outputs.EVALUATION_INPUT_NAME))
     assert [r.id for r in labelled] == [r.id for r in records[::2] + records[1::2]]
+
+
+def test_label_map_decides_which_output_is_virus(tmp_path):
+    """Output rows swapped together with label_map {0: virus, 1: others}: the same metrics."""
+    merge = make_dataset(tmp_path / "data")
+    plain = tmp_path / "plain.pth"
+    make_feature_model(plain, 40, seed=3)
+    checkpoint = torch.load(plain, weights_only=True)
+    for key in ("output_layer.weight", "output_layer.bias"):
+        checkpoint["state_dict"][key] = checkpoint["state_dict"][key].flip(0).clone()
+    checkpoint["label_map"] = {0: "virus", 1: "others"}
+    swapped = tmp_path / "swapped.pth"
+    torch.save(checkpoint, swapped)
+    tables = []
+    for model in (plain, swapped):
+        out = tmp_path / model.stem
+        assert evaluate.main(["--features", str(merge), "--model", str(model), "--outdir", str(out), "-q"]) == 0
+        tables.append(read_tsv(out / outputs.EVALUATION_TSV_NAME).drop(columns="model"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_three_class_checkpoint_is_refused(tmp_path, capsys):
+    merge = make_dataset(tmp_path / "data")
+    torch.manual_seed(0)
+    model = units.MLPClassifier(40, 16, num_class=3)
+    path = tmp_path / "three.pth"
+    units.save_checkpoint(path, model, dna_model="d", dna_dim=24, protein_model="p", protein_dim=16, chunk_size=300,
+                          label_map={0: "others", 1: "virus", 2: "phage"})
+    assert evaluate.main(["--features", str(merge), "--model", str(path), "--outdir", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "3-class" in err and len(err.strip().splitlines()) == 1
+
+
+def test_outdir_that_is_a_file_is_refused_before_scoring(tmp_path, monkeypatch, capsys):
+    merge = make_dataset(tmp_path / "data")
+    model = tmp_path / "m.pth"
+    make_feature_model(model, 40, seed=3)
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    scored = []
+    monkeypatch.setattr(evaluate, "feature_tables", lambda *a: scored.append(1) or pytest.fail("scored"))
+    assert evaluate.main(["--features", str(merge), "--model", str(model), "--outdir", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert scored == [] and taken.read_text() == "mine" and str(taken) in err and len(err.strip().splitlines()) == 1

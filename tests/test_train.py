@@ -390,3 +390,63 @@ def test_not_a_feature_file_exit_2(merge_dir, tmp_path, capsys):
     junk.write_bytes(b"not a torch file")
     assert run_train(merge_dir, tmp_path / "m.pth") == 2
     assert str(junk) in _one_line_error(capsys)
+
+
+# ---------------------------------------------------------------------------
+# Refusing before the long work; signals (issue 25)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0,
+                    reason="root writes anywhere")
+def test_unwritable_out_folder_exit_2_before_the_first_epoch(merge_dir, tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    epochs = []
+    monkeypatch.setattr(training, "train_epoch", lambda *a, **k: epochs.append(1) or 0.0)
+    try:
+        code = train.main(["--data-dir", str(merge_dir), "--out", str(locked / "m.pth"),
+                           "--log", str(tmp_path / "MLP_log.txt"), *FAST])
+    finally:
+        locked.chmod(0o700)
+    err = capsys.readouterr().err
+    assert code == 2 and epochs == []
+    assert len(err.strip().splitlines()) == 1 and "not writable" in err and str(locked) in err
+
+
+def test_sigterm_gives_143_and_keeps_a_finished_checkpoint(merge_dir, tmp_path, monkeypatch, capsys):
+    from virnucpro import cli
+
+    out = tmp_path / "m.pth"
+    assert run_train(merge_dir, out) == 0
+    finished = out.read_bytes()
+    real_evaluate = training.evaluate
+    calls = []
+
+    def terminated_in_epoch_two(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise cli.Terminated()
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(training, "evaluate", terminated_in_epoch_two)
+    capsys.readouterr()
+    assert run_train(merge_dir, out) == 143
+    err = capsys.readouterr().err
+    assert out.read_bytes() == finished  # the finished checkpoint stays
+    beside = tmp_path / "m.interrupted.pth"
+    saved = torch.load(beside, weights_only=True)
+    assert saved["metrics"]["interrupted"] is True and saved["metrics"]["epoch"] == 1
+    assert str(beside) in err and "rerun the same command" in err
+
+
+def test_out_under_a_file_exit_2_before_the_first_epoch(merge_dir, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    epochs = []
+    monkeypatch.setattr(training, "train_epoch", lambda *a, **k: epochs.append(1) or 0.0)
+    code = train.main(["--data-dir", str(merge_dir), "--out", str(blocker / "m.pth"),
+                       "--log", str(tmp_path / "MLP_log.txt"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and epochs == [] and len(err.strip().splitlines()) == 1 and str(blocker) in err

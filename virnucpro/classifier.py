@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .defaults import ESM2_3B_MODEL, LABEL_MAP
+from .defaults import ESM2_3B_MODEL, LABEL_MAP, VIRUS_CLASS
 from .errors import CheckpointError
 from .files import atomic_torch_save, require_file
 from .models import resolve_device
@@ -187,6 +187,12 @@ def _load_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
+def _shape(state_dict: dict[str, Any], name: str) -> tuple[int, ...] | None:
+    """The shape of a stored tensor, or None when it is absent or not a tensor."""
+    tensor = state_dict.get(name)
+    return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MLPClassifier, dict]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``), in eval mode.
 
@@ -259,6 +265,8 @@ def validate_checkpoint_fields(path: Path, checkpoint: dict) -> dict[int, str]:
     except ValueError:
         raise CheckpointError(f"{path}: checkpoint field label_map has keys {sorted(map(repr, raw))}; class "
                               "indices 0, 1, ... expected") from None
+    if len(set(label_map.values())) != len(label_map):
+        raise CheckpointError(f"{path}: checkpoint field label_map names a class twice ({label_map})")
     if sorted(label_map) != list(range(checkpoint["num_class"])):
         raise CheckpointError(f"{path}: checkpoint field label_map names classes {sorted(label_map)} but num_class "
                               f"is {checkpoint['num_class']}")
@@ -284,7 +292,17 @@ def _class_index(key: Any) -> int:
         raise ValueError(key)
     if isinstance(key, int):
         return key
-    if isinstance(key, str) and key.isdigit():
-        return int(key)
-    raise ValueError(key)
+    raise ValueError(key)  # our checkpoints store int keys; a string key is not ours
 
+
+def binary_columns(path: str | os.PathLike, meta: dict[str, Any]) -> tuple[int, int]:
+    """The output columns of the virus and the others class, read from the checkpoint's ``label_map``.
+
+    Evaluation knows only those two classes: a checkpoint with other classes is refused.
+    """
+    names = {name: index for index, name in meta["label_map"].items()}
+    wanted = set(LABEL_MAP.values())
+    if meta["num_class"] != len(wanted) or set(names) != wanted:
+        raise CheckpointError(f"{path}: a {meta['num_class']}-class checkpoint (classes "
+                              f"{sorted(names)}); the test set has only {sorted(wanted)}")
+    return names[LABEL_MAP[VIRUS_CLASS]], names[LABEL_MAP[1 - VIRUS_CLASS]]

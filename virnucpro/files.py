@@ -120,6 +120,22 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
             tmp.unlink()
 
 
+def require_writable_dir(directory: Path, what: str) -> None:
+    """Create ``directory`` (and its parents) and check that a file can be made in it, else InputError.
+
+    Runs before long work, so an unwritable output place is one line, not a lost run.
+    """
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{directory}: {what} exists and is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test_", suffix=TEMP_SUFFIX, dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{directory}: {what} is not writable ({exc.strerror or exc})") from None
+
+
 def remove_temp_files(folder: Path, name_glob: str = "*") -> int:
     """Remove the temporary files :func:`atomic_write` left in ``folder`` (a killed run); returns the count."""
     removed = 0

@@ -174,7 +174,8 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
     stopped_early: bool = False
-    interrupted: bool = False
+    #: The KeyboardInterrupt (or cli.Terminated, SIGTERM) that stopped the loop, else None.
+    interrupted: KeyboardInterrupt | None = None
 
 
 @dataclass
@@ -216,10 +217,10 @@ def fit(model: nn.Module, data: TrainingData, loader: DataLoader, test_rows: np.
                 log.info("early stopping: no lower hold-out loss for %d epochs", schedule.patience)
                 break
             scheduler.step()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if stopper.best_state is None:
             raise
-        result.interrupted = True
+        result.interrupted = exc
         log.warning("interrupted: saving the best epoch so far")
     assert stopper.best_state is not None and stopper.best_epoch is not None
     model.load_state_dict(stopper.best_state)
