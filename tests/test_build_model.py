@@ -105,7 +105,11 @@ def test_build_runs_end_to_end_and_resumes(tmp_path, monkeypatch, golden_dir, fa
     from test_original_models import blob_id
     from virnucpro import original_models
 
-    width = units.load_protein_model(str(esm_model_dir), "cpu").hidden_size
+    import standins
+
+    # ESM2-3B is a plain EsmModel: a plain ESM-2 stand-in plays it (a file may choose a plain ESM-2)
+    esm2 = standins.build_esm2_standin(tmp_path / "esm2_3b_standin", hidden_size=48)
+    width = units.load_protein_model(str(esm2), "cpu").hidden_size
     made = tmp_path / "300_model.pth"
     save_original(made, "__main__", monkeypatch, input_dim=768 + width)
     monkeypatch.setattr(original_models, "ORIGINAL_MODELS",
@@ -114,7 +118,7 @@ def test_build_runs_end_to_end_and_resumes(tmp_path, monkeypatch, golden_dir, fa
                         GoldenSource(golden_dir / "train_300" / "data", {"300_model.pth": made.read_bytes()}))
     work = tmp_path / "work"
     argv = ["--work-dir", str(work), "--device", "cpu", "--max-genomes", "1", "--sequences-per-file", "6",
-            "--epochs", "3", "--original-esm-model", str(esm_model_dir), "-q"]
+            "--epochs", "3", "--original-esm-model", str(esm2), "-q"]
     assert build_model.main(argv) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("FastESM2 AUROC ") and " vs ESM2-3B " in summary and summary.endswith("hold-out chunks")
