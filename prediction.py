@@ -114,21 +114,13 @@ def find_checkpoint(model: Path | None, length: int) -> Path:
 
 def prepare_outdir(outdir: Path) -> bool:
     """Create OUTDIR, or say why it cannot be used; True when this call created it."""
-    import tempfile
+    from virnucpro.files import require_writable_dir
 
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"{outdir}: OUTDIR exists and is not a directory")
     if outdir.suffix == ".pth" and not outdir.exists():
         raise InputError(f"{outdir}: the third argument is OUTDIR (a directory); pass a "
                                "checkpoint with --model")
     created = not outdir.exists()
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=outdir)  # a new file (O_EXCL, O_NOFOLLOW)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise InputError(f"{outdir}: OUTDIR is not writable ({exc.strerror or exc})") from None
+    require_writable_dir(outdir, "OUTDIR")
     return created
 
 
@@ -337,9 +329,8 @@ def run_inputs(source: InputSource, checkpoint: Path, models: dict) -> list[tupl
 def load_run_scorer(args: argparse.Namespace, plan: RunPlan, device):
     """The classifier and both language models (at the revisions rank 0 resolved), in this process."""
     from virnucpro import distributed
-    from virnucpro.scoring import load_classifier, load_scorer
-
     from virnucpro.runstate import record_esm_loader
+    from virnucpro.scoring import load_classifier, load_scorer
 
     classifier, meta = load_classifier(plan.checkpoint, args.length)
     scorer = load_scorer(plan.checkpoint, classifier, meta, device, dnabert_model=plan.models["dna"].location,

@@ -182,10 +182,8 @@ def build_model(kind: str, config: Any, device: torch.device, dtype: torch.dtype
                 state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
     """Instantiate (random init, or without init + ``state`` copied in, like from_pretrained)."""
     from transformers import BertModel, EsmModel
-    try:  # transformers 5
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4
-        from transformers.modeling_utils import no_init_weights
+
+    from virnucpro.hfload import no_init_weights
 
     cls = EsmModel if kind == "esm" else BertModel
     torch.manual_seed(0)

@@ -122,7 +122,7 @@ def lay_out_as_real_cache(hub_cache: Path, repo_id: str, source: Path, sha: str)
     """``source`` as the hub client lays it out: snapshot files are links to blobs named by their hash."""
     import hashlib
 
-    from virnucpro.provenance import git_blob_sha1
+    from virnucpro.files import git_blob_id
 
     repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def lay_out_as_real_cache(hub_cache: Path, repo_id: str, source: Path, sha: str)
     snapshot.mkdir(parents=True)
     for item in source.iterdir():
         big = item.suffix == ".safetensors"
-        name = hashlib.sha256(item.read_bytes()).hexdigest() if big else git_blob_sha1(item)
+        name = hashlib.sha256(item.read_bytes()).hexdigest() if big else git_blob_id(item)
         (repo / "blobs" / name).write_bytes(item.read_bytes())
         (snapshot / item.name).symlink_to(Path("../../blobs") / name)
     return snapshot

@@ -155,6 +155,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, handle)
 
 
+def git_blob_id(path: str | os.PathLike) -> str:
+    """The git blob id of a file: sha1 of ``b"blob <size>\\0"`` + its content, read in blocks."""
+    digest = hashlib.sha1(b"blob %d\0" % os.stat(path).st_size)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, read in blocks."""
     digest = hashlib.sha256()

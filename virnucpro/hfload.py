@@ -9,8 +9,9 @@ Two ways in:
   layout) in transformers' own ``EsmModel``, no remote code: the same numbers, for when the
   model's code cannot be imported under the installed transformers.
 
-Whatever the path, :func:`verify_loaded_weights` then checks every parameter against the
-weight files (a load is never trusted blindly), and :func:`isolated_model_code` keeps what
+A load by ``from_pretrained`` is then checked parameter by parameter against the weight
+files (:func:`verify_loaded_weights`: never trusted blindly); weights copied in here
+(:func:`load_checkpoint_weights`) are checked as they are copied.  :func:`isolated_model_code` keeps what
 model code changes on import (TF32, cudnn, dynamo settings, prints) out of the process.
 :func:`from_pretrained_error` turns a failure into one message that tells the truth.
 """
@@ -293,7 +294,7 @@ def load_pretrained(location: str, revision: str | None, dtype: torch.dtype, tru
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, revision=revision)
-    remote = trust_remote_code and "AutoModel" in (getattr(config, "auto_map", None) or {})
+    remote = trust_remote_code and has_remote_code({"auto_map": getattr(config, "auto_map", None)})
     try:
         return AutoModel.from_pretrained(location, config=config, trust_remote_code=trust_remote_code,
                                          revision=revision,
@@ -317,18 +318,20 @@ _ESM_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_atten
                     "token_dropout", "pad_token_id", "mask_token_id")
 
 
-def _no_init_weights() -> Any:
+def no_init_weights() -> Any:
+    """transformers' ``no_init_weights()`` context (it moved to ``transformers.initialization`` in 5.x)."""
     try:
-        from transformers.initialization import no_init_weights  # transformers >= 5
+        from transformers.initialization import no_init_weights as context  # transformers >= 5
     except ImportError:
-        from transformers.modeling_utils import no_init_weights
-    return no_init_weights()
+        from transformers.modeling_utils import no_init_weights as context
+    return context()
 
 
 def load_native_esm(location: str, revision: str | None, dtype: torch.dtype) -> Any:
     """An ESM-2-shaped checkpoint (FastESM2 or ``facebook/esm2_*``) in transformers' own ``EsmModel``.
 
     Only ``config.json`` (as data) and the weight files are read; no code of the model runs.
+    Every parameter is copied from the files (:func:`load_checkpoint_weights`), so nothing is left unchecked.
     """
     from transformers import EsmConfig, EsmModel
 
@@ -340,7 +343,7 @@ def load_native_esm(location: str, revision: str | None, dtype: torch.dtype) -> 
     settings.update(position_embedding_type="rotary", is_folding_model=False, architectures=["EsmModel"])
     config = EsmConfig(**settings)
     config._name_or_path = location
-    with _no_init_weights():
+    with no_init_weights():
         model = EsmModel(config, add_pooling_layer=False)
     load_checkpoint_weights(model, location, revision)
     return model.to(dtype)
@@ -402,15 +405,11 @@ def _model_prefix(model: Any) -> str:
     return f"{prefix}." if prefix else ""
 
 
-def _persistent_state_keys(model: Any) -> list[str]:
-    return list(model.state_dict().keys())
-
-
 def load_checkpoint_weights(model: Any, location: str, revision: str | None) -> None:
     """Copy a model's checkpoint weights into an already built model; every parameter the embedding
     uses must be found (see :func:`checkpoint_key_map` for the names accepted)."""
     with _weight_tensors(location, revision) as tensors:
-        keys = checkpoint_key_map(_persistent_state_keys(model), set(tensors), _model_prefix(model))
+        keys = checkpoint_key_map(list(model.state_dict()), set(tensors), _model_prefix(model))
         state = {key: tensors[name]() for key, name in keys.items()}
     _, unexpected = model.load_state_dict(state, strict=False)
     missing = [name for name, _ in model.named_parameters() if name not in keys and not _unused(name)]

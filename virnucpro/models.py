@@ -18,13 +18,13 @@ from typing import Any, Iterator
 
 import torch
 
-from .defaults import (TRUNCATION_SEQ_LENGTH, CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DNA_PRECISIONS, DNABERT_S_MODEL, ESM_LOADERS,
-                       FASTESM_MODEL, PROTEIN_PRECISIONS)
+from .defaults import (CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DNA_PRECISIONS, DNABERT_S_MODEL, ESM_LOADERS,
+                       FASTESM_MODEL, PROTEIN_PRECISIONS, TRUNCATION_SEQ_LENGTH)
 from .errors import ModelLoadError, VirNucProError
-from .hfload import (ESM_TOKENIZER_ID, LOAD_ERRORS, check_local_directory, code_requirement, esm_tokenizer_missing_offline,
-                     first_line, from_pretrained_error, has_remote_code, is_code_incompatibility, is_esm_shaped,
-                     isolated_model_code, load_native_esm, load_pretrained, missing_esm_tokenizer_error,
-                     read_model_config, verify_loaded_weights)
+from .hfload import (ESM_TOKENIZER_ID, LOAD_ERRORS, check_local_directory, code_requirement,
+                     esm_tokenizer_missing_offline, first_line, from_pretrained_error, has_remote_code,
+                     is_code_incompatibility, is_esm_shaped, isolated_model_code, load_native_esm, load_pretrained,
+                     missing_esm_tokenizer_error, read_model_config, verify_loaded_weights)
 
 log = logging.getLogger("virnucpro")
 
@@ -222,7 +222,8 @@ def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.
         log.info("protein model %s: its own code is not trusted here; loading its weights with transformers' "
                  "own ESM", location)
         loader = "native"
-    if config.get("model_type") == "fast_esm" and not _has_vocabulary(location, pin) and esm_tokenizer_missing_offline():
+    if (config.get("model_type") == "fast_esm" and not _has_vocabulary(location, pin)
+            and esm_tokenizer_missing_offline()):
         raise missing_esm_tokenizer_error(location)
     log.info("loading protein model %s (%s) on %s (%s)", location, resolved[:19], device, precision)
     try:
@@ -233,8 +234,6 @@ def load_protein_model(model_location: str = FASTESM_MODEL, device: str | torch.
                 tokenizer = _esm_tokenizer(location, pin)
                 model.tokenizer = tokenizer  # as FastESM2's own code has it (model.tokenizer)
     except LOAD_ERRORS as exc:
-        if isinstance(exc, ModelLoadError):
-            raise
         raise from_pretrained_error("protein", location, exc) from exc
     model = to_device_keeping_positions_fp32(model, device, dtype)
     loaded = LoadedModel(location, model, tokenizer, device, dtype, _model_hidden_size(model), resolved,
@@ -247,10 +246,8 @@ def _load_protein_weights(location: str, pin: str | None, dtype: torch.dtype, lo
                           config: dict, trust_remote_code: bool = True) -> tuple[Any, str]:
     """The checked model on the CPU and the loader that made it (``remote`` or ``native``)."""
     remote = has_remote_code(config)
-    if loader == "native":
-        model = load_native_esm(location, pin, dtype)
-        verify_loaded_weights(model, location, pin)
-        return model, "native"
+    if loader == "native":  # its weights were copied in by load_checkpoint_weights, which checks them
+        return load_native_esm(location, pin, dtype), "native"
     try:
         model = load_pretrained(location, pin, dtype, trust_remote_code)
         verify_loaded_weights(model, location, pin)
@@ -263,9 +260,7 @@ def _load_protein_weights(location: str, pin: str | None, dtype: torch.dtype, lo
 
     log.info("protein model %s: %s (transformers %s is installed); loaded with transformers' own ESM instead "
              "(the same weights and numbers)", location, reason, transformers_version)
-    model = load_native_esm(location, pin, dtype)
-    verify_loaded_weights(model, location, pin)
-    return model, "native"
+    return load_native_esm(location, pin, dtype), "native"
 
 
 #: Buffers that hold positions or frequencies: they stay float32 whatever the precision.
@@ -329,8 +324,6 @@ def load_dnabert_model(model_location: str = DNABERT_S_MODEL, device: str | torc
             model = load_pretrained(location, pin, torch.float32)
             verify_loaded_weights(model, location, pin)
     except LOAD_ERRORS as exc:
-        if isinstance(exc, ModelLoadError):
-            raise
         raise from_pretrained_error("DNA", location, exc) from exc
     _disable_triton_attention(model)
     model = model.to(device=device, dtype=dtype).eval()
@@ -439,6 +432,5 @@ def uncompile_encoder_layers(loaded: LoadedModel, exc: BaseException) -> None:
     for layer in _encoder_layers(loaded.model):
         layer._compiled_call_impl = None
     loaded.compiled = False
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    log.warning("torch.compile failed for %s (%s); running eagerly", loaded.name, first)
+    log.warning("torch.compile failed for %s (%s); running eagerly", loaded.name, first_line(exc))
 

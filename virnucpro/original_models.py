@@ -9,7 +9,6 @@ with the safe converter (:mod:`virnucpro.legacy`) into ``{chunk}_model_esm2_3b.p
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any, Sequence
 
 from .defaults import ESM2_3B_MODEL
 from .errors import DataSourceError, InputError
+from .files import git_blob_id
 
 log = logging.getLogger("virnucpro.original_models")
 
@@ -46,16 +46,6 @@ ORIGINAL_MODELS = (
     OriginalModel("300_model.pth", 300, "a0b5b85e7c1e44f00cde146d091beb82b2c8e855"),
     OriginalModel("500_model.pth", 500, "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d"),
 )
-
-
-def git_blob_id(path: str | os.PathLike) -> str:
-    """The git blob id of a file: sha1 of ``b"blob <size>\\0"`` + its content."""
-    path = Path(path)
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(BLOCK_SIZE), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(session: Any, url: str, part: Path, timeout: float, progress: bool) -> None:

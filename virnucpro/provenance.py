@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, ModelLoadError
-from .files import atomic_write, file_sha256
+from .files import atomic_write, file_sha256, git_blob_id
 
 log = logging.getLogger("virnucpro")
 
@@ -159,15 +159,6 @@ def directory_content_hash(directory: str | os.PathLike, *, kind: str = "model")
     return LOCAL_PREFIX + digest.hexdigest()
 
 
-def git_blob_sha1(path: Path) -> str:
-    """The git blob id of a file: sha1 of ``b"blob <size>\\0" + content``."""
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_hub_snapshot(repo_id: str, commit: str, *, kind: str = "model") -> int:
     """Check the cached files of ``repo_id`` at ``commit`` against the hashes their blobs are named by.
 
@@ -193,7 +184,7 @@ def verify_hub_snapshot(repo_id: str, commit: str, *, kind: str = "model") -> in
             if re.fullmatch(r"[0-9a-f]{64}", name):
                 actual = cache.sha256(blob)
             elif re.fullmatch(r"[0-9a-f]{40}", name):
-                actual = git_blob_sha1(blob)
+                actual = git_blob_id(blob)
             else:
                 continue
             if actual != name:
