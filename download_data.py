@@ -31,7 +31,7 @@ import requests
 from tqdm.auto import tqdm
 
 from virnucpro import cli
-from virnucpro.errors import DataSourceError, VirNucProError
+from virnucpro.errors import DataSourceError, VirNucProError, first_line
 from virnucpro.files import atomic_write
 
 log = logging.getLogger("virnucpro.download_data")
@@ -169,7 +169,7 @@ def download_file(session: Any, url: str, out_dir: Path, timeout: float, progres
 
 def _network_error(exc: requests.RequestException) -> DataSourceError:
     url = getattr(getattr(exc, "request", None), "url", None)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc, 1000)
     where = f" ({url})" if url and url not in text else ""
     return DataSourceError(f"network error{where}: {text}; check the connection and run again "
                            "(finished files are kept)")

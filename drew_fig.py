@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
 import sys
@@ -23,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from virnucpro import cli, outputs
-from virnucpro.errors import InputError
+from virnucpro import cli, outputs, rundir
+from virnucpro.errors import InputError, VirNucProError
+from virnucpro.runstate import read_manifest
 from virnucpro.files import atomic_write, open_text, require_file
 from virnucpro.frames import chunk_sequence
 from virnucpro.ids import parse_frame_id
@@ -33,8 +33,8 @@ log = logging.getLogger("virnucpro.drew_fig")
 
 PROG = "drew_fig.py"
 RESULTS_COLUMNS = outputs.RESULTS_COLUMNS
-SUMMARY_NAME = outputs.SUMMARY_NAME
-DEFAULT_FIGURE_NAME = outputs.FIGURE_NAME
+SUMMARY_NAME = rundir.SUMMARY_NAME
+DEFAULT_FIGURE_NAME = rundir.FIGURE_NAME
 SEQUENCE_COLUMN, LENGTH_COLUMN, CHUNKS_COLUMN = outputs.SUMMARY_COLUMNS[:3]
 COMMON_CHUNK_SIZES = (300, 500)
 VIRUS_COLOR = "red"
@@ -160,10 +160,13 @@ def infer_chunk_size(summary: dict[str, tuple[int, int]], path: Path) -> int:
 
 def recorded_chunk_size(results: Path) -> int | None:
     """The chunk size in the run manifest prediction.py keeps in the OUTDIR of ``results``, if any."""
-    manifest = results.parent / outputs.WORK_DIR_NAME / outputs.MANIFEST_NAME
+    manifest = rundir.RunDir(results.parent).manifest
+    if not manifest.is_file():
+        return None
     try:
-        value = json.loads(manifest.read_text()).get("chunk_size")
-    except (OSError, ValueError, AttributeError):
+        value = read_manifest(manifest).get("chunk_size")
+    except VirNucProError as exc:  # a damaged manifest: the chunk size is inferred instead
+        log.warning("%s; not used", exc)
         return None
     if value is None:
         return None

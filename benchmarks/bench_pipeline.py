@@ -71,6 +71,24 @@ ORIGINAL_MLP_BATCH = 256
 # ---------------------------------------------------------------------------
 
 
+def prediction_request(fasta_path: Path, outdir: Path, checkpoint: Path, esm_dir: Path, dna_dir: Path, device: str,
+                       options_text: str = "", **settings: Any):
+    """A prediction request for the library (:func:`virnucpro.predict.run_prediction`) over the given models.
+
+    ``options_text`` holds extra language-model options as on prediction.py's command line
+    (``"--dna-precision bf16 --batch-tokens 65536"``), read by the library's own option parser.
+    """
+    from virnucpro import cli
+    from virnucpro.predict import PredictionRequest
+
+    parser = argparse.ArgumentParser(prog="model options", exit_on_error=False)
+    cli.add_model_arguments(parser)
+    options = cli.model_options(parser.parse_args(["--esm-model", str(esm_dir), "--dnabert-model", str(dna_dir),
+                                                   "--device", device, *options_text.split()]))
+    return PredictionRequest(input=fasta_path, length=300, outdir=outdir, model=checkpoint, models=options,
+                             progress=False, **settings)
+
+
 def synthetic_reads(count: int, length: int, seed: int, orf_fraction: float) -> list[tuple[str, str]]:
     """Seeded random reads; a fraction carries a stop-free ORF in a random frame and strand."""
     rng = np.random.default_rng(seed)

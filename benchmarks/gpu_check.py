@@ -318,7 +318,7 @@ class _GpuSampler:
 
 
 def end_to_end(ctx: Context) -> dict:
-    import prediction
+    from virnucpro.predict import run_prediction
 
     args = ctx.args
     reads = bench.synthetic_reads(args.reads, 300, 7, 0.7)
@@ -331,17 +331,14 @@ def end_to_end(ctx: Context) -> dict:
                                dna_model=str(ctx.dna_dir()), dna_dim=dna_dim, protein_model=str(ctx.esm_dir()),
                                protein_dim=protein_dim, chunk_size=300)
     models._MODEL_CACHE.clear()
-    argv = [str(fasta), "300", str(ctx.work / "out"), "--model", str(checkpoint), "--esm-model", str(ctx.esm_dir()),
-            "--dnabert-model", str(ctx.dna_dir()), "--device", str(ctx.device), "-q", "--force",
-            *args.e2e_args.split()]
+    request = bench.prediction_request(fasta, ctx.work / "out", checkpoint, ctx.esm_dir(), ctx.dna_dir(),
+                                       str(ctx.device), args.e2e_args, force=True)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     with _GpuSampler() as sampler:
         start = time.perf_counter()
-        code = prediction.main(argv)
+        run_prediction(request)
         seconds = time.perf_counter() - start
-    if code != 0:
-        raise RuntimeError(f"prediction.py exited {code}")
     peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else None
     return {"reads": args.reads, "argv_extra": args.e2e_args, "seconds": seconds, "reads_per_s": args.reads / seconds,
             "torch_peak_memory_mib": peak, **sampler.summary(),
@@ -359,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="default: cuda, or cpu with --smoke-cpu")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
     parser.add_argument("--reads", type=int, default=100_000, help="end_to_end: synthetic 300-bp reads")
-    parser.add_argument("--e2e-args", default="", help="extra prediction.py options, e.g. '--dna-precision bf16'")
+    parser.add_argument("--e2e-args", default="", help="extra language-model options of prediction.py, e.g. '--dna-precision bf16'")
     parser.add_argument("--precision-reads", type=int, default=3000, help="precision: chunks (real genomes first)")
     parser.add_argument("--real-dir", type=Path, default=ROOT.parent / "shared" / "data" / "real")
     parser.add_argument("--protein-precisions", default="fp32,fp16,bf16")

@@ -32,9 +32,9 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
 import bench_pipeline as bench  # noqa: E402
-import prediction  # noqa: E402
 import standins  # noqa: E402
 from virnucpro import classifier, models  # noqa: E402
+from virnucpro.predict import run_prediction  # noqa: E402
 
 MARK = "lm_forward"
 
@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, default=500)
     parser.add_argument("--esm-hidden", type=int, default=128)
     parser.add_argument("--esm-layers", type=int, default=2)
-    parser.add_argument("--extra", default="", help="extra prediction.py options")
+    parser.add_argument("--extra", default="", help="extra language-model options of prediction.py, e.g. "
+                                                    "'--batch-tokens 8192'")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="idle_gaps_"))
@@ -80,15 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     reads = bench.synthetic_reads(args.reads, 300, 11, 0.7)
     fasta = work / "reads.fa"
     fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in reads))
-    argv_run = [str(fasta), "300", str(work / "out"), "--model", str(checkpoint), "--esm-model", str(esm_dir),
-                "--dnabert-model", str(dna_dir), "--device", "cpu", "-q", "--shard-size", str(args.shard_size),
-                *args.extra.split()]
+    request = bench.prediction_request(fasta, work / "out", checkpoint, esm_dir, dna_dir, "cpu", args.extra,
+                                       shard_size=args.shard_size)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        code = prediction.main(argv_run)
+        run_prediction(request)
         wall = time.perf_counter() - start
-    if code != 0:
-        raise SystemExit(f"prediction.py exited {code}")
     ranges = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.name == MARK)
     starts = np.array([r[0] for r in ranges], dtype=np.float64)
     ends = np.array([r[1] for r in ranges], dtype=np.float64)

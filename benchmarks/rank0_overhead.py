@@ -38,14 +38,14 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
 from input_pass_memory import make  # noqa: E402
-from virnucpro.outputs import MANIFEST_NAME  # noqa: E402
+from virnucpro.assemble import finalise  # noqa: E402
+from virnucpro.defaults import LABEL_MAP  # noqa: E402
 from virnucpro.results import write_shard  # noqa: E402
-from virnucpro.runstate import finalise  # noqa: E402
+from virnucpro.rundir import RunDir  # noqa: E402
 from virnucpro.shardindex import ShardReader, build_index, input_source, load_index  # noqa: E402
 from virnucpro.shards import preprocess_shard  # noqa: E402
 
 CHUNK = 300
-LABELS = {0: "others", 1: "virus"}
 
 
 CPU_SECONDS: dict[str, float] = {}
@@ -63,11 +63,12 @@ def run(reads: int, shard_size: int, root: Path) -> dict:
     fasta = root / "reads.fa"
     make(fasta, reads)
     source = input_source(fasta)
-    work = root / "out" / ".virnucpro_work"
+    run_dir = RunDir(root / "out", "reads", CHUNK)
+    work = run_dir.work.path
     index, index_s = timed(lambda: build_index(source, work, CHUNK, shard_size), "index_pass")
     _, save_s = timed(lambda: index.save(work), "index_save")
     _, reload_s = timed(lambda: load_index(work, source, CHUNK, shard_size), "index_reload")
-    (work / MANIFEST_NAME).write_text("{}")
+    run_dir.manifest.write_text("{}")
     shards = len(index.shards)
     rng = np.random.default_rng(0)
     read_s = prep_s = write_s = 0.0
@@ -79,9 +80,9 @@ def run(reads: int, shard_size: int, root: Path) -> dict:
             prep_s += seconds
             scores = rng.random((len(shard.frame_ids), 1), dtype=np.float32)
             probabilities = np.hstack([scores, 1 - scores])
-            _, seconds = timed(lambda: write_shard(work, shard, probabilities, LABELS, None, None, {}), "shard_write")
+            _, seconds = timed(lambda: write_shard(work, shard, probabilities, LABEL_MAP, None, None, {}), "shard_write")
             write_s += seconds
-    _, finalise_s = timed(lambda: finalise(work.parent, work, index, "reads", CHUNK), "finalise")
+    _, finalise_s = timed(lambda: finalise(run_dir, index), "finalise")
     per_million = 1e6 / reads
     figures = {
         "reads": reads, "chunks": index.chunks, "shard_size": shard_size, "shards": shards,

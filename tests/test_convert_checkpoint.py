@@ -14,7 +14,7 @@ from torch import nn
 
 import convert_checkpoint
 import units
-from virnucpro import outputs
+from virnucpro import outputs, rundir
 from virnucpro.defaults import ESM2_3B_MODEL
 from virnucpro.errors import CheckpointError
 from virnucpro.legacy import convert_legacy_checkpoint, read_legacy_state
@@ -175,7 +175,7 @@ def test_converted_model_predicts(run, tmp_path, monkeypatch, golden_dir, esm_mo
     reads = tmp_path / "reads.fa"
     shutil.copy(golden_dir / "reads.fa", reads)
     assert run(reads, 300, tmp_path / "out", model=target) == 0
-    assert (tmp_path / "out" / outputs.RESULTS_NAME).stat().st_size > 0
+    assert (tmp_path / "out" / rundir.RESULTS_NAME).stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -232,7 +232,7 @@ def test_converted_original_predicts_with_no_model_option(tmp_path, monkeypatch,
     reads.write_text("".join((golden_dir / "reads.fa").read_text().splitlines(True)[:6]))
     out = tmp_path / "out"
     assert prediction.main([str(reads), "300", str(out), "--model", str(converted), "--device", "cpu", "-q"]) == 0
-    manifest = json.loads((out / outputs.WORK_DIR_NAME / outputs.MANIFEST_NAME).read_text())
+    manifest = json.loads((out / rundir.WORK_DIR_NAME / rundir.MANIFEST_NAME).read_text())
     assert manifest["esm_model"] == ESM2_3B_MODEL and manifest["dnabert_model"] == units.DNABERT_S_MODEL
     assert manifest["esm_loaders"] == ["native"]  # transformers' own EsmModel, no remote code
     assert (out / "prediction_results.txt").read_text().count("\n") > 1

@@ -27,7 +27,7 @@ try:  # the checkpoint fixture lives in test_prediction, or in conftest once it 
     from test_prediction import checkpoint_300  # noqa: F401
 except ImportError:
     pass
-from virnucpro import distributed, outputs
+from virnucpro import assemble, distributed, rundir
 from virnucpro.errors import InputError, RunFailedError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -315,7 +315,7 @@ def wait_unlocked(out: Path) -> None:
     import fcntl
 
     deadline = time.monotonic() + 30
-    with open(out / outputs.LOCK_NAME, "a") as handle:
+    with open(out / rundir.LOCK_NAME, "a") as handle:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -326,14 +326,14 @@ def wait_unlocked(out: Path) -> None:
 
 
 def done_markers(out: Path) -> set[str]:
-    return {p.name for p in (out / outputs.WORK_DIR_NAME).glob("shard_*.done")}
+    return {p.name for p in (out / rundir.WORK_DIR_NAME).glob("shard_*.done")}
 
 
 @pytest.mark.slow
 def test_sigkilled_job_resumes_on_three_ranks_then_in_one_process(reads, predict_args, expected, tmp_path, capsys):
     """Killed on 2 ranks, resumed on 3 and killed again, finished by plain python: nothing is done twice."""
     out = tmp_path / "out"
-    work = out / outputs.WORK_DIR_NAME
+    work = out / rundir.WORK_DIR_NAME
     job = start_torchrun(tmp_path / "two.log", 2, "prediction.py", *predict_args(reads, out))
     wait_for_done_shards(job, work, 1)
     kill_job(job)
@@ -371,7 +371,7 @@ def test_bad_input_on_two_ranks_is_one_line_and_no_hang(predict_args, tmp_path):
 def test_second_run_into_a_live_outdir_is_refused(reads, predict_args, expected, tmp_path, capsys):
     out = tmp_path / "out"
     job = start_torchrun(tmp_path / "job.log", 2, "prediction.py", *predict_args(reads, out, "-q"))
-    wait_for_done_shards(job, out / outputs.WORK_DIR_NAME, 1)
+    wait_for_done_shards(job, out / rundir.WORK_DIR_NAME, 1)
     for extra in ((), ("--force",)):  # refused with or without --force, naming the live run
         assert prediction.main(predict_args(reads, out, "-q", *extra)) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -391,7 +391,7 @@ def test_final_merge_of_many_shards_keeps_few_files_open(tmp_path: Path, monkeyp
         part = tmp_path / f"shard_{i:06d}.consensus.tsv"
         part.write_text("".join(f"{key}\t{rng.random() < 0.5}\n" for key in keys[i::10]))
         parts.append(part)
-    runstate.merge_sorted(parts, tmp_path / "flat.csv", "H\n")
+    assemble.merge_sorted(parts, tmp_path / "flat.csv", "H\n")
     live, peak = [0], [0]
     real_open = open
 
@@ -408,8 +408,8 @@ def test_final_merge_of_many_shards_keeps_few_files_open(tmp_path: Path, monkeyp
             self.handle.close()
             live[0] -= 1
 
-    monkeypatch.setattr(runstate, "open", Counted, raising=False)
-    runstate.merge_sorted(parts, tmp_path / "rounds.csv", "H\n", fan_in=3)
+    monkeypatch.setattr(assemble, "open", Counted, raising=False)
+    assemble.merge_sorted(parts, tmp_path / "rounds.csv", "H\n", fan_in=3)
     assert (tmp_path / "rounds.csv").read_text() == (tmp_path / "flat.csv").read_text()
     assert (tmp_path / "flat.csv").read_text() == "H\n" + "".join(sorted("".join(p.read_text() for p in parts)
                                                                     .splitlines(True)))

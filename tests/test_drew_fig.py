@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import drew_fig
-from virnucpro import outputs
+from virnucpro import rundir
 from virnucpro.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -130,7 +130,7 @@ def _drawn_chunk_size(monkeypatch, argv: list[str]) -> int:
 
 
 def _write_manifest(outdir: Path, content: dict) -> None:
-    manifest = outdir / outputs.WORK_DIR_NAME / outputs.MANIFEST_NAME
+    manifest = outdir / rundir.WORK_DIR_NAME / rundir.MANIFEST_NAME
     manifest.parent.mkdir(parents=True)
     manifest.write_text(json.dumps(content))
 

@@ -15,7 +15,7 @@ import evaluate
 import units
 from test_fastq import fastq_text
 from test_train import make_dataset, run_train
-from virnucpro import outputs
+from virnucpro import outputs, rundir
 from virnucpro.evaluation import chunk_table, compute_metrics, frame_table, level_tables, sequence_table
 from virnucpro.fasta import read_fasta
 
@@ -83,7 +83,7 @@ def test_sequences_side_by_side(tmp_path, golden_dir, checkpoint_300, second_che
     labels = {r.id: int(i < half) for i, r in enumerate(records)}
     for name in names[:2]:
         run_dir = out / name
-        results = pd.read_csv(run_dir / outputs.RESULTS_NAME, sep="\t")
+        results = pd.read_csv(run_dir / rundir.RESULTS_NAME, sep="\t")
         y = [labels[i.rsplit("_chunk_", 1)[0]] for i in results["Sequence_ID"]]
         frame = table[(table["model"] == name) & (table["level"] == "frame")].iloc[0]
         assert frame["n"] == len(results)
@@ -91,10 +91,10 @@ def test_sequences_side_by_side(tmp_path, golden_dir, checkpoint_300, second_che
         assert frame["auroc"] == pytest.approx(roc_auc_score(y, results["score2"]), abs=1e-6)
         # chunk and sequence calls agree with prediction.py's own roll-up files
         tables = level_tables(evaluate_frames(run_dir, labels))
-        consensus = pd.read_csv(run_dir / outputs.CONSENSUS_NAME, sep="\t")
+        consensus = pd.read_csv(run_dir / rundir.CONSENSUS_NAME, sep="\t")
         assert dict(zip(tables["chunk"]["id"], tables["chunk"]["predicted"] == 1)) == \
             dict(zip(consensus["Modified_ID"], consensus["Is_Virus"]))
-        summary = pd.read_csv(run_dir / outputs.SUMMARY_NAME, sep="\t", keep_default_na=False)
+        summary = pd.read_csv(run_dir / rundir.SUMMARY_NAME, sep="\t", keep_default_na=False)
         called = summary[summary["Prediction"] != "no_call"]
         assert dict(zip(tables["sequence"]["id"], tables["sequence"]["predicted"] == 1)) == \
             dict(zip(called["Sequence_ID"], called["Prediction"] == "virus"))
@@ -243,7 +243,9 @@ def test_outdir_that_is_a_file_is_refused_before_scoring(tmp_path, monkeypatch, 
     taken = tmp_path / "taken"
     taken.write_text("mine")
     scored = []
-    monkeypatch.setattr(evaluate, "feature_tables", lambda *a: scored.append(1) or pytest.fail("scored"))
+    from virnucpro import evaluate as engine
+
+    monkeypatch.setattr(engine, "feature_tables", lambda *a: scored.append(1) or pytest.fail("scored"))
     assert evaluate.main(["--features", str(merge), "--model", str(model), "--outdir", str(taken)]) == 2
     err = capsys.readouterr().err
     assert scored == [] and taken.read_text() == "mine" and str(taken) in err and len(err.strip().splitlines()) == 1

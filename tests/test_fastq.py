@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import units
-from virnucpro import outputs
+from virnucpro import assemble, outputs, rundir
 from virnucpro.errors import InputError
 from virnucpro.fasta import read_fasta
 from virnucpro.fastq import FASTA, FASTQ, parse_fastq, read_sequences, sniff_format
@@ -87,7 +87,7 @@ def test_malformed_fastq_exits_2_in_prediction(run, tmp_path, capsys):
     assert run(path, 300, tmp_path / "out") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and "'r2'" in err
-    assert not (tmp_path / "out" / outputs.RESULTS_NAME).exists()
+    assert not (tmp_path / "out" / rundir.RESULTS_NAME).exists()
 
 
 def test_duplicate_fastq_ids_exit_2_in_prediction(run, tmp_path, capsys):
@@ -136,11 +136,11 @@ def test_viral_sequences_fasta(run, tmp_path, golden_dir, viral_checkpoint):
                      + "".join(f">{h}\n{s}\n" for h, s in extra))
     out = tmp_path / "out"
     assert run(reads, 300, out, model=viral_checkpoint) == 0
-    summary = [line.split("\t") for line in (out / outputs.SUMMARY_NAME).read_text().splitlines()[1:]]
+    summary = [line.split("\t") for line in (out / rundir.SUMMARY_NAME).read_text().splitlines()[1:]]
     called = {row[0] for row in summary if row[-1] == "virus"}
     assert called and any(row[-1] == "no_call" for row in summary)  # not everything is viral
     expected = [(d, s) for d, s in _records_of(reads) if d.split(None, 1)[0] in called]
-    assert _records_of(out / outputs.VIRAL_FASTA_NAME) == expected
+    assert _records_of(out / rundir.VIRAL_FASTA_NAME) == expected
     assert expected[-1] == extra[0]  # header description and letter case kept
 
 
@@ -152,12 +152,12 @@ def test_viral_fasta_holds_one_record_at_a_time(tmp_path, monkeypatch):
     n = 200
     reads = tmp_path / "reads.fa"
     reads.write_text("".join(f">r{k} read {k}\n{'ACGT' * 30}\n" for k in range(n)))
-    summary = tmp_path / outputs.SUMMARY_NAME
+    summary = tmp_path / rundir.SUMMARY_NAME
     summary.write_text(outputs.header_line(outputs.SUMMARY_COLUMNS) + "".join(
         f"r{k}\t120\t1\t1\t1\t1.0000\t0.9\t0.9\t{'virus' if k % 3 else 'others'}\n" for k in range(n)))
     alive: weakref.WeakSet = weakref.WeakSet()
     most = [0]
-    real = runstate.read_sequences
+    real = assemble.read_sequences
 
     def counting(*args, **kwargs):
         for record in real(*args, **kwargs):
@@ -165,14 +165,14 @@ def test_viral_fasta_holds_one_record_at_a_time(tmp_path, monkeypatch):
             most[0] = max(most[0], len(alive))
             yield record
 
-    monkeypatch.setattr(runstate, "read_sequences", counting)
-    target = tmp_path / outputs.VIRAL_FASTA_NAME
-    assert runstate.write_viral_sequences(reads, summary, target) == sum(1 for k in range(n) if k % 3)
+    monkeypatch.setattr(assemble, "read_sequences", counting)
+    target = tmp_path / rundir.VIRAL_FASTA_NAME
+    assert assemble.write_viral_sequences(reads, summary, target) == sum(1 for k in range(n) if k % 3)
     assert most[0] <= 3  # streamed: records are not collected in memory
     assert _records_of(target)[0] == ("r1 read 1", "ACGT" * 30)
     summary.write_text(summary.read_text().replace("r7\t", "r70000\t"))
     with pytest.raises(runstate.VirNucProError, match="does not match"):
-        runstate.write_viral_sequences(reads, summary, target)
+        assemble.write_viral_sequences(reads, summary, target)
 
 
 def test_piped_fastq_gz_equals_fasta(run, tmp_path, golden_dir, viral_checkpoint):
@@ -197,6 +197,6 @@ def test_piped_fastq_gz_equals_fasta(run, tmp_path, golden_dir, viral_checkpoint
     finally:
         feeder.join(timeout=30)
         os.close(read_end)
-    viral = (tmp_path / "fa" / outputs.VIRAL_FASTA_NAME).read_bytes()
-    assert viral and (tmp_path / "fq" / outputs.VIRAL_FASTA_NAME).read_bytes() == viral  # read from the spool
-    assert (tmp_path / "fq" / outputs.SUMMARY_NAME).read_bytes() == (tmp_path / "fa" / outputs.SUMMARY_NAME).read_bytes()
+    viral = (tmp_path / "fa" / rundir.VIRAL_FASTA_NAME).read_bytes()
+    assert viral and (tmp_path / "fq" / rundir.VIRAL_FASTA_NAME).read_bytes() == viral  # read from the spool
+    assert (tmp_path / "fq" / rundir.SUMMARY_NAME).read_bytes() == (tmp_path / "fa" / rundir.SUMMARY_NAME).read_bytes()

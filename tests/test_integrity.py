@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import prediction
-from virnucpro import outputs, results, runstate
+from virnucpro import assemble, results, rundir, runstate
 
 SHARD_SIZE = "10"
 
@@ -31,10 +31,10 @@ def killed_before_the_join(run, golden_dir, out: Path, monkeypatch) -> Path:
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(runstate, "finalise", killed)
+        patch.setattr(assemble, "finalise", killed)
         assert run(golden_dir / "reads.fa", 300, out, "--shard-size", SHARD_SIZE) == 130
-    work = out / outputs.WORK_DIR_NAME
-    assert len(list(work.glob("shard_*.done"))) >= 3 and not (out / outputs.SUMMARY_NAME).exists()
+    work = out / rundir.WORK_DIR_NAME
+    assert len(list(work.glob("shard_*.done"))) >= 3 and not (out / rundir.SUMMARY_NAME).exists()
     return work
 
 
@@ -105,8 +105,8 @@ def test_the_join_refuses_a_shard_damaged_after_it_was_checked(run, tmp_path, go
     saved = read_saved_index(work)
     _truncate_results(work)
     with pytest.raises(runstate.VirNucProError, match="shard 1 is missing or incomplete"):
-        runstate.finalise(out, work, saved, "reads", 300)
-    assert not (out / outputs.RESULTS_NAME).exists()
+        assemble.finalise(rundir.RunDir(out, "reads", 300), saved)
+    assert not (out / rundir.RESULTS_NAME).exists()
     assert not results.shard_path(work, 1, "done").exists()  # so a rerun scores it again
 
 
@@ -126,12 +126,12 @@ def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(run, tmp_p
     outside.write_text("not the run's\n")
     out = tmp_path / "out"
     out.mkdir()
-    (out / outputs.LOCK_NAME).symlink_to(outside)
+    (out / rundir.LOCK_NAME).symlink_to(outside)
     assert run(golden_dir / "reads.fa", 300, out) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "symbolic link" in err and outputs.LOCK_NAME in err, err
+    assert len(err.splitlines()) == 1 and "symbolic link" in err and rundir.LOCK_NAME in err, err
     assert outside.read_text() == "not the run's\n"
-    assert (out / outputs.LOCK_NAME).is_symlink()
+    assert (out / rundir.LOCK_NAME).is_symlink()
 
 
 def test_a_run_state_name_that_is_a_symlink_is_refused(run, tmp_path, golden_dir, capsys):
@@ -139,7 +139,7 @@ def test_a_run_state_name_that_is_a_symlink_is_refused(run, tmp_path, golden_dir
     outside.mkdir()
     out = tmp_path / "out"
     out.mkdir()
-    (out / outputs.WORK_DIR_NAME).symlink_to(outside)
+    (out / rundir.WORK_DIR_NAME).symlink_to(outside)
     for extra in ((), ("--force",)):
         assert run(golden_dir / "reads.fa", 300, out, *extra) == 2
         err = capsys.readouterr().err.strip()
@@ -153,7 +153,7 @@ def test_a_run_state_name_that_is_a_symlink_is_refused(run, tmp_path, golden_dir
 def test_an_input_under_an_outputs_name_is_refused_before_anything_is_deleted(run, tmp_path, golden_dir, capsys):
     out = tmp_path / "out"
     assert run(golden_dir / "reads.fa", 300, out) == 0
-    reads = out / outputs.VIRAL_FASTA_NAME
+    reads = out / rundir.VIRAL_FASTA_NAME
     reads.write_bytes((golden_dir / "reads.fa").read_bytes())
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     for extra in ((), ("--force",)):
@@ -166,7 +166,7 @@ def test_an_input_under_an_outputs_name_is_refused_before_anything_is_deleted(ru
 
 def test_force_keeps_a_checkpoint_in_the_work_directory(run, tmp_path, golden_dir, capsys, checkpoint_300):
     out = tmp_path / "out"
-    work = out / outputs.WORK_DIR_NAME
+    work = out / rundir.WORK_DIR_NAME
     work.mkdir(parents=True)
     kept = work / "300_model_fastesm650.pth"
     kept.write_bytes(checkpoint_300.read_bytes())
@@ -181,9 +181,9 @@ def test_force_never_deletes_through_a_linked_features_folder(run, tmp_path, gol
     assert run(golden_dir / "reads.fa", 300, out) == 0
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    theirs = elsewhere / outputs.shard_features_name(0)
+    theirs = elsewhere / rundir.shard_features_name(0)
     theirs.write_bytes(b"someone else's features")
-    (out / outputs.FEATURES_DIR_NAME).symlink_to(elsewhere)
-    runstate.remove_own_files(out, "reads", 300)
+    (out / rundir.FEATURES_DIR_NAME).symlink_to(elsewhere)
+    runstate.remove_own_files(rundir.RunDir(out, "reads", 300))
     assert theirs.read_bytes() == b"someone else's features"
-    assert not (out / outputs.SUMMARY_NAME).exists() and not (out / outputs.WORK_DIR_NAME).exists()
+    assert not (out / rundir.SUMMARY_NAME).exists() and not (out / rundir.WORK_DIR_NAME).exists()

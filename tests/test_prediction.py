@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import prediction
-from virnucpro import outputs
+from virnucpro import outputs, rundir
 import units
 
 REPO = Path(__file__).resolve().parent.parent
@@ -310,7 +310,7 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path, esm_model_dir, dnabert_m
         out = tmp_path / f"killed_{finished_shards}"
         proc = subprocess.Popen(cli(out), cwd=REPO)
         deadline = time.monotonic() + 120
-        while len(list((out / outputs.WORK_DIR_NAME).glob("shard_*.done"))) < finished_shards:
+        while len(list((out / rundir.WORK_DIR_NAME).glob("shard_*.done"))) < finished_shards:
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         if finished_shards == 0:
@@ -389,7 +389,7 @@ def test_rna_scores_exactly_as_its_dna_spelling(run, tmp_path):
     rna = [(name, seq.replace("T", "U") if i % 2 else seq.replace("T", "U").lower()) for i, (name, seq) in enumerate(dna)]
     assert run(write_fasta(tmp_path / "dna.fa", dna), 300, tmp_path / "d") == 0
     assert run(write_fasta(tmp_path / "rna.fa", rna), 300, tmp_path / "r") == 0
-    for name in (outputs.RESULTS_NAME, outputs.CONSENSUS_NAME, outputs.SUMMARY_NAME, "dna_identified_nucleotide.fa"):
+    for name in (rundir.RESULTS_NAME, rundir.CONSENSUS_NAME, rundir.SUMMARY_NAME, "dna_identified_nucleotide.fa"):
         other = name.replace("dna_", "rna_")
         assert (tmp_path / "d" / name).read_bytes() == (tmp_path / "r" / other).read_bytes(), name
     chunked = (tmp_path / "r" / "rna_chunked300.fa").read_text()  # the chunk FASTA shows the input as given
@@ -407,10 +407,10 @@ def test_long_record_is_sharded_by_chunk_and_summarised_whole(run, tmp_path):
     assert run(fasta, 300, tmp_path / "whole", "--shard-size", "1000") == 0
     for name in ("long_chunked300.fa", "long_identified_nucleotide.fa", "long_identified_protein.faa"):
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
-    consensus = out / outputs.CONSENSUS_NAME
-    assert consensus.read_text() == original_consensus(out / outputs.RESULTS_NAME)
+    consensus = out / rundir.CONSENSUS_NAME
+    assert consensus.read_text() == original_consensus(out / rundir.RESULTS_NAME)
     best = {}
-    for frame_id, _, s1, s2 in read_rows(out / outputs.RESULTS_NAME)[1:]:
+    for frame_id, _, s1, s2 in read_rows(out / rundir.RESULTS_NAME)[1:]:
         pair = best.setdefault(frame_id[:-2], [np.float32(s1), np.float32(s2)])
         pair[:] = [max(pair[0], np.float32(s1)), max(pair[1], np.float32(s2))]
     from virnucpro.results import summary_row
@@ -418,7 +418,7 @@ def test_long_record_is_sharded_by_chunk_and_summarised_whole(run, tmp_path):
     expected = [summary_row(SequenceInfo(name, len(seq), [f"{name}_chunk_{k}" for k in
                                                             range(1, len(units.chunk_sequence(seq, 300)) + 1)]), best)
                 for name, seq in records]
-    assert read_rows(out / outputs.SUMMARY_NAME)[1:] == expected
+    assert read_rows(out / rundir.SUMMARY_NAME)[1:] == expected
     assert expected[1][2] == "24"
 
 
@@ -463,9 +463,9 @@ def test_stream_input_is_read_once_and_reruns_resume(run, tmp_path, golden_dir, 
     stem = "reads" if kind == "fifo" else "stdin"
     for name, data_file in outputs_by_kind(tmp_path / "file", out, stem):
         assert data_file.read_bytes() == (tmp_path / "file" / name).read_bytes(), name
-    assert not (out / outputs.WORK_DIR_NAME / "input.spool").exists()
+    assert not (out / rundir.WORK_DIR_NAME / "input.spool").exists()
     assert run_stream(out) == 0  # a rerun reads the stream again: same bytes, so complete already
-    assert not (out / outputs.WORK_DIR_NAME / "input.spool").exists()
+    assert not (out / rundir.WORK_DIR_NAME / "input.spool").exists()
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import standins
 import train
 import units
 import virnucpro.models
-from virnucpro import outputs, provenance
+from virnucpro import provenance, rundir
 
 SPF = 4
 
@@ -159,7 +159,7 @@ def test_changed_weights_at_the_same_path_refuse_a_resume(tmp_path, reads, dnabe
     out = tmp_path / "out"
     assert predict(reads, out, checkpoint, dna, esm_model_dir) == 0
     assert "differ" not in capsys.readouterr().err
-    manifest = json.loads((out / outputs.WORK_DIR_NAME / outputs.MANIFEST_NAME).read_text())
+    manifest = json.loads((out / rundir.WORK_DIR_NAME / rundir.MANIFEST_NAME).read_text())
     assert manifest["dnabert_model_revision"] == revisions["dna_model_revision"]
     assert manifest["esm_model_revision"] == revisions["protein_model_revision"]
     assert predict(reads, out, checkpoint, dna, esm_model_dir) == 0  # same weights: nothing to do
@@ -179,13 +179,13 @@ def test_models_other_than_the_checkpoints_warn_or_with_strict_models_exit_2(tmp
     err = capsys.readouterr().err
     assert "WARNING" in err and "DNA model: trained with" in err and "commit cccccccccccc" in err
     assert "protein model" not in err and "--strict-models" in err
-    assert (tmp_path / "warned" / outputs.RESULTS_NAME).is_file()
+    assert (tmp_path / "warned" / rundir.RESULTS_NAME).is_file()
 
     out = tmp_path / "strict"
     assert predict(reads, out, checkpoint, dnabert_model_dir, esm_model_dir, "--strict-models") == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "refused: --strict-models" in err
-    assert not (out / outputs.RESULTS_NAME).exists()
+    assert not (out / rundir.RESULTS_NAME).exists()
 
     unrecorded = save_classifier(tmp_path / "old.pth", dnabert_model_dir, esm_model_dir)
     assert predict(reads, tmp_path / "old", unrecorded, dnabert_model_dir, esm_model_dir) == 0

@@ -21,7 +21,7 @@ import torch
 import prediction
 import units
 from test_prediction import _cli, write_fasta
-from virnucpro import outputs, runstate, scoring
+from virnucpro import rundir, runstate, scoring
 from virnucpro.runlock import RunLock
 
 
@@ -149,9 +149,9 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 def test_force_removes_only_this_programs_files(tmp_path):
     outdir = tmp_path / "out"
-    (outdir / outputs.WORK_DIR_NAME).mkdir(parents=True)
-    (outdir / outputs.WORK_DIR_NAME / "shard_000000.done").write_text("{}")
-    ours = outputs.final_outputs(outdir, "reads", 300)
+    (outdir / rundir.WORK_DIR_NAME).mkdir(parents=True)
+    (outdir / rundir.WORK_DIR_NAME / "shard_000000.done").write_text("{}")
+    ours = rundir.RunDir(outdir, "reads", 300).final_outputs()
     for path in ours:
         path.write_text("x")
     (outdir / "features").mkdir()
@@ -160,9 +160,9 @@ def test_force_removes_only_this_programs_files(tmp_path):
     (outdir / "reads_identified_protein.faa.bak").write_text("keep")
     outside = tmp_path / "prediction_results.txt"
     outside.write_text("keep")
-    runstate.remove_own_files(outdir, "reads", 300)
+    runstate.remove_own_files(rundir.RunDir(outdir, "reads", 300))
     assert not any(p.exists() for p in ours)
-    assert not (outdir / outputs.WORK_DIR_NAME).exists()
+    assert not (outdir / rundir.WORK_DIR_NAME).exists()
     assert sorted(p.name for p in outdir.rglob("*")) == ["features", "my_notes.txt", "reads_identified_protein.faa.bak"]
     assert outside.read_text() == "keep"
 
@@ -190,14 +190,14 @@ def test_a_live_run_locks_its_outdir_and_a_dead_ones_lock_is_taken_over(run, tmp
             err = capsys.readouterr().err.strip()
             assert len(err.splitlines()) == 1 and "another run is using this OUTDIR" in err
             assert f"pid {holder.pid}" in err and socket.gethostname() in err and "started 20" in err
-        assert not (out / outputs.WORK_DIR_NAME).exists()
+        assert not (out / rundir.WORK_DIR_NAME).exists()
     finally:
         holder.kill()
         holder.wait()
-    owner = json.loads((out / outputs.LOCK_NAME).read_text())
+    owner = json.loads((out / rundir.LOCK_NAME).read_text())
     assert owner["pid"] == holder.pid  # the dead run's record is still there...
     assert run(golden_dir / "reads.fa", 300, out) == 0  # ...and its lock is taken over
-    assert (out / outputs.SUMMARY_NAME).is_file() and not (out / outputs.LOCK_NAME).exists()
+    assert (out / rundir.SUMMARY_NAME).is_file() and not (out / rundir.LOCK_NAME).exists()
 
 
 def test_lock_is_exclusive_between_two_holders(tmp_path):
@@ -206,8 +206,8 @@ def test_lock_is_exclusive_between_two_holders(tmp_path):
         RunLock(tmp_path).acquire()
     first.release()
     with RunLock(tmp_path) as again:
-        assert json.loads((tmp_path / outputs.LOCK_NAME).read_text())["pid"] == os.getpid()
-    assert again.fd is None and not (tmp_path / outputs.LOCK_NAME).exists()
+        assert json.loads((tmp_path / rundir.LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert again.fd is None and not (tmp_path / rundir.LOCK_NAME).exists()
 
 
 @pytest.mark.slow
@@ -219,7 +219,7 @@ def test_two_runs_into_one_outdir_the_second_is_refused(tmp_path, esm_model_dir,
     out = tmp_path / "out"
     first = subprocess.Popen(cli(out), cwd=REPO)
     deadline = time.monotonic() + 60
-    while not (out / outputs.LOCK_NAME).is_file():
+    while not (out / rundir.LOCK_NAME).is_file():
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     second = subprocess.run(cli(out, "--force"), cwd=REPO, capture_output=True, text=True)
@@ -261,12 +261,12 @@ def test_sigterm_mid_run_then_rerun_is_byte_identical(tmp_path, esm_model_dir, d
     subprocess.run(cli(tmp_path / "clean"), check=True, cwd=REPO)
     out = tmp_path / "out"
     proc = subprocess.Popen(cli(out), cwd=REPO, stderr=subprocess.PIPE, text=True)
-    _wait_for(proc, lambda: any((out / outputs.WORK_DIR_NAME).glob("shard_*.done")))
+    _wait_for(proc, lambda: any((out / rundir.WORK_DIR_NAME).glob("shard_*.done")))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == "prediction.py: interrupted; rerun the same command to resume"
-    assert not list(out.rglob("*.tmp")) and not (out / outputs.LOCK_NAME).exists()
+    assert not list(out.rglob("*.tmp")) and not (out / rundir.LOCK_NAME).exists()
     subprocess.run(cli(out), check=True, cwd=REPO)
     assert outputs_of(out) == outputs_of(tmp_path / "clean")
 
@@ -287,7 +287,7 @@ def _fail_fsync_for(monkeypatch, marker: str) -> list[str]:
 
 
 @pytest.mark.parametrize("marker, what", [(".shard_000001.", "shard 1"),
-                                          pytest.param(f".{outputs.SUMMARY_NAME}.", "the final outputs",
+                                          pytest.param(f".{rundir.SUMMARY_NAME}.", "the final outputs",
                                                        marks=pytest.mark.slow)])
 def test_full_disk_gives_one_line_removes_temp_files_and_resumes(run, tmp_path, golden_dir, capsys, monkeypatch,
                                                                  marker, what):
@@ -298,7 +298,7 @@ def test_full_disk_gives_one_line_removes_temp_files_and_resumes(run, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert hits and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "no space left" in err and what in err and "rerun the same command to resume" in err
-    assert not list(out.rglob("*.tmp")) and not (out / outputs.SUMMARY_NAME).exists()
+    assert not list(out.rglob("*.tmp")) and not (out / rundir.SUMMARY_NAME).exists()
     assert run(golden_dir / "reads.fa", 300, out, "--shard-size", "20") == 0
     assert run(golden_dir / "reads.fa", 300, tmp_path / "clean", "--shard-size", "20") == 0
     assert outputs_of(out) == outputs_of(tmp_path / "clean")
@@ -361,8 +361,8 @@ def test_checkpoints_that_cannot_be_classifiers_are_refused_unread(run, tmp_path
 
 def test_damaged_manifest_says_so_and_how_to_start_over(run, tmp_path, golden_dir, capsys):
     out = tmp_path / "out"
-    (out / outputs.WORK_DIR_NAME).mkdir(parents=True)
-    (out / outputs.WORK_DIR_NAME / outputs.MANIFEST_NAME).write_text('{"chunk_si')
+    (out / rundir.WORK_DIR_NAME).mkdir(parents=True)
+    (out / rundir.WORK_DIR_NAME / rundir.MANIFEST_NAME).write_text('{"chunk_si')
     assert run(golden_dir / "reads.fa", 300, out) == 2
     err = capsys.readouterr().err
     assert "manifest is damaged" in err and "--force" in err and "different" not in err
@@ -371,11 +371,11 @@ def test_damaged_manifest_says_so_and_how_to_start_over(run, tmp_path, golden_di
 
 def test_stale_temp_files_are_removed_on_fresh_and_resumed_runs(run, tmp_path, golden_dir):
     out = tmp_path / "out"
-    work = out / outputs.WORK_DIR_NAME
+    work = out / rundir.WORK_DIR_NAME
     for resumed in (False, True):
         if resumed:
-            (work / outputs.MANIFEST_NAME).write_text(
-                (work / outputs.MANIFEST_NAME).read_text().replace('"finished": true', '"finished": false'))
+            (work / rundir.MANIFEST_NAME).write_text(
+                (work / rundir.MANIFEST_NAME).read_text().replace('"finished": true', '"finished": false'))
         else:
             work.mkdir(parents=True)
         ours = [out / ".prediction_results.txt.k2j3h4.tmp", out / ".reads_chunked300.fa.x1.tmp",
@@ -401,7 +401,9 @@ def test_failed_run_removes_the_outdir_it_created_only(run, tmp_path, capsys):
 def test_chunk_length_too_long_to_embed_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     from virnucpro.defaults import MAX_CHUNK_LENGTH
 
-    monkeypatch.setattr(prediction, "find_checkpoint", lambda *a: pytest.fail("work started"))
+    from virnucpro import predict
+
+    monkeypatch.setattr(predict, "find_checkpoint", lambda *a: pytest.fail("work started"))
     fasta = write_fasta(tmp_path / "in.fa", [("r1", "ACGT" * 10)])
     assert prediction.main([str(fasta), str(MAX_CHUNK_LENGTH + 1), str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err.strip()

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from virnucpro import ids, outputs, runstate
+from virnucpro import assemble, ids, outputs, rundir
 from virnucpro.results import chunk_best_scores, consensus_lines
 
 
@@ -28,16 +28,16 @@ def consensus_dir(golden_dir: Path) -> Path:
 
 
 def test_roll_up_matches_the_original_consensus_with_ties(consensus_dir):
-    frame_ids, scores = read_results(consensus_dir / outputs.RESULTS_NAME)
+    frame_ids, scores = read_results(consensus_dir / rundir.RESULTS_NAME)
     assert np.any(scores[:, 0] == scores[:, 1])  # the file holds ties (0.5 / 0.5), which count as virus
     lines = consensus_lines(chunk_best_scores(frame_ids, scores))
-    expected = (consensus_dir / outputs.CONSENSUS_NAME).read_text()
+    expected = (consensus_dir / rundir.CONSENSUS_NAME).read_text()
     assert outputs.header_line(outputs.CONSENSUS_COLUMNS) + "".join(lines) == expected
 
 
 def test_roll_up_per_shard_then_merged_matches_the_original(consensus_dir, tmp_path):
     """As prediction.py does it: each shard (whole input records) rolled up alone, then merged."""
-    frame_ids, scores = read_results(consensus_dir / outputs.RESULTS_NAME)
+    frame_ids, scores = read_results(consensus_dir / rundir.RESULTS_NAME)
     by_record: dict[str, list[int]] = {}
     for row, frame_id in enumerate(frame_ids):
         by_record.setdefault(ids.source_sequence_id(frame_id), []).append(row)
@@ -49,6 +49,6 @@ def test_roll_up_per_shard_then_merged_matches_the_original(consensus_dir, tmp_p
         part.write_text("".join(consensus_lines(chunk_best_scores([frame_ids[r] for r in rows], scores[rows]))))
         parts.append(part)
     assert len(parts) > 2
-    target = tmp_path / outputs.CONSENSUS_NAME
-    runstate.merge_sorted(parts, target, outputs.header_line(outputs.CONSENSUS_COLUMNS), fan_in=2)
-    assert target.read_bytes() == (consensus_dir / outputs.CONSENSUS_NAME).read_bytes()
+    target = tmp_path / rundir.CONSENSUS_NAME
+    assemble.merge_sorted(parts, target, outputs.header_line(outputs.CONSENSUS_COLUMNS), fan_in=2)
+    assert target.read_bytes() == (consensus_dir / rundir.CONSENSUS_NAME).read_bytes()

@@ -5,10 +5,13 @@ An original VirNucPro whole-model pickle is recognised by reading its pickle opc
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import pickletools
 import zipfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from torch import nn
 
 from . import __version__
 from .defaults import ESM2_3B_MODEL, LABEL_MAP, VIRUS_CLASS
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .files import atomic_torch_save, require_file
 from .models import resolve_device
 from .outputs import VERSION_KEY
@@ -181,7 +184,7 @@ def _load_failure(exc: Exception) -> str:
     """Why torch.load failed, in words."""
     if isinstance(exc, pickle.UnpicklingError):
         return "unsafe or unknown pickle content"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    first = first_line(exc, 1000) if str(exc).strip() else ""
     if "central directory" in first or "zip archive" in first or isinstance(exc, EOFError):
         return f"truncated or damaged file: {first or type(exc).__name__}"
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
@@ -193,17 +196,37 @@ def _shape(state_dict: dict[str, Any], name: str) -> tuple[int, ...] | None:
     return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
 
 
+@dataclass
+class LoadedCheckpoint:
+    """A classifier checkpoint read once: the model (CPU, eval mode), its metadata, the file's SHA-256."""
+
+    path: Path
+    classifier: MLPClassifier
+    meta: dict
+    sha256: str
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MLPClassifier, dict]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``), in eval mode.
 
     Legacy pickled models and any other file are refused with :class:`CheckpointError`;
     nothing is ever unpickled outside the weights-only loader.
     """
+    loaded = read_checkpoint(path)
+    return loaded.classifier.to(resolve_device(device)), loaded.meta
+
+
+def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
+    """Read a checkpoint file once: checked, loaded weights-only on the CPU, and hashed (see :func:`load_checkpoint`)."""
     path = Path(path)
     require_file(path, ".pth checkpoint", CheckpointError)
     inspect_checkpoint_file(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        checkpoint = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         legacy = describe_legacy_checkpoint(path)
         if legacy:
@@ -227,11 +250,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit the recorded sizes ({str(exc).splitlines()[0]})") from None
-    model.to(resolve_device(device)).eval()
+        raise CheckpointError(f"{path}: weights do not fit the recorded sizes ({first_line(exc, 1000)})") from None
+    model.eval()
     meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
     meta["label_map"] = label_map
-    return model, meta
+    return LoadedCheckpoint(path, model, meta, hashlib.sha256(raw).hexdigest())
 
 
 def expected_weight_shapes(input_dim: int, hidden_dim: int, num_class: int) -> dict[str, tuple[int, ...]]:

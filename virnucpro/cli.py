@@ -1,10 +1,6 @@
-"""Command-line plumbing shared by every script: parser, logging, exit codes, ``main``.
+"""Command-line plumbing shared by every script: parser, model options, logging, ``main``.
 
-Exit codes: 0 success; 1 unexpected failure (a bug: traceback kept); 2 bad usage or
-bad input (one line on stderr); 3 a remote data source failed (network, server);
-130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM, e.g. a SLURM time limit).
-A run that cannot go on (:class:`~virnucpro.errors.RunFailedError`: disk full, non-finite
-scores) also exits with 1, but with one line and no traceback.  No torch here.
+The exit codes are :mod:`virnucpro.errors`'s (:func:`~virnucpro.errors.exit_code_of`).  No torch here.
 """
 from __future__ import annotations
 
@@ -18,12 +14,12 @@ from . import __version__
 from .defaults import (CUDA_BATCH_TOKENS, CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DEFAULT_BATCH_TOKENS,
                        DNA_PRECISIONS, DNABERT_S_MODEL, ESM_LOADERS, FASTESM_MODEL,
                        PROTEIN_PRECISIONS)
-from .errors import DataSourceError, RunFailedError, VirNucProError
+from .options import ModelOptions
+# The exit codes are re-exported here for the scripts (cli.EXIT_OK, ...).
+from .errors import EXIT_DATA_SOURCE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED  # noqa: F401
+from .errors import EXIT_USAGE, VirNucProError, exit_code_of
 
 log = logging.getLogger("virnucpro")
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DATA_SOURCE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 class Terminated(KeyboardInterrupt):
@@ -105,6 +101,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_models: bool
                             f"{CUDA_BATCH_TOKENS} on CUDA; lower it if GPU memory is short)")
 
 
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    """The options of :func:`add_model_arguments`, as the library takes them."""
+    return ModelOptions(
+        esm_model=None if args.esm_model is None else str(args.esm_model), esm_revision=args.esm_revision,
+        esm_loader=args.esm_loader,
+        dnabert_model=None if args.dnabert_model is None else str(args.dnabert_model),
+        dnabert_revision=args.dnabert_revision, device=args.device, protein_precision=args.protein_precision,
+        dna_precision=args.dna_precision, compile=bool(args.compile), batch_tokens=args.batch_tokens)
+
+
 def positive_int(text: str) -> int:
     """argparse type: a positive integer."""
     try:
@@ -128,15 +134,9 @@ def run_cli(prog: str, body: Callable[[], int | None], interrupted_hint: str = "
     """Run a script body: user errors give one line on stderr and exit code 2, others 1."""
     try:
         return int(body() or EXIT_OK)
-    except RunFailedError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except DataSourceError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_DATA_SOURCE
     except VirNucProError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code_of(exc)
     except KeyboardInterrupt as exc:
         return _interrupted(prog, exc, interrupted_hint)
     except Exception as exc:  # noqa: BLE001 - unexpected: keep the traceback for a bug report

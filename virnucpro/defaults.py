@@ -24,8 +24,11 @@ DNA_PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 CUDA_PROTEIN_PRECISION = "fp16"
 CUDA_DNA_PRECISION = "fp32"
 #: Classifier outputs: class index -> label written in prediction_results.txt.
-LABEL_MAP = {0: "others", 1: "virus"}
-VIRUS_CLASS = 1
+OTHERS_CLASS, VIRUS_CLASS = 0, 1
+OTHERS_LABEL, VIRUS_LABEL = "others", "virus"
+LABEL_MAP = {OTHERS_CLASS: OTHERS_LABEL, VIRUS_CLASS: VIRUS_LABEL}
+#: The Prediction of a sequence none of whose chunks has a stop-free frame (prediction_summary.tsv).
+NO_CALL = "no_call"
 #: How train.py may split the hold-out: by source sequence, or per row as the original.
 SPLIT_CHOICES = ("sequence", "record")
 #: How the protein model's weights are loaded (``--esm-loader``): its own code, else transformers'

@@ -24,8 +24,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, Sequence, Tuple, TypeVar
 
-from .cli import EXIT_DATA_SOURCE, EXIT_FAILURE, EXIT_USAGE
-from .errors import DataSourceError, RunFailedError, VirNucProError
+from .errors import VirNucProError, exit_code_of
 
 if TYPE_CHECKING:
     import torch
@@ -190,15 +189,6 @@ def gather(value: T) -> list[T]:
 
 
 Outcome = Tuple[int, bool, str, str]  # exit code, printed as one line?, error class path, message
-
-
-def exit_code_of(error: BaseException) -> int:
-    """The exit code the CLI gives ``error`` (see :func:`virnucpro.cli.run_cli`)."""
-    if isinstance(error, RunFailedError):
-        return EXIT_FAILURE
-    if isinstance(error, DataSourceError):
-        return EXIT_DATA_SOURCE
-    return EXIT_USAGE if isinstance(error, VirNucProError) else EXIT_FAILURE
 
 
 def _outcome(error: BaseException | None) -> Outcome | None:

@@ -16,10 +16,10 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .files import open_for_append
+from .rundir import spill_name
 
 BUCKETS = 256
 DEFAULT_BUFFER_ENTRIES = 1 << 19  # 8 MiB of (hash, offset) pairs
-SPILL_TEMPLATE = "dupcheck_{:03d}.bin"
 
 
 class DuplicateIds:
@@ -57,7 +57,7 @@ class DuplicateIds:
         for bucket in range(BUCKETS):
             low, high = bounds[bucket], bounds[bucket + 1]
             if high > low:
-                with open_for_append(self.spill_dir / SPILL_TEMPLATE.format(bucket)) as handle:
+                with open_for_append(self.spill_dir / spill_name(bucket)) as handle:
                     pairs[low:high].tofile(handle)
         self._spilled = True
 
@@ -68,7 +68,7 @@ class DuplicateIds:
             return
         self._spill()
         for bucket in range(BUCKETS):
-            path = self.spill_dir / SPILL_TEMPLATE.format(bucket)
+            path = self.spill_dir / spill_name(bucket)
             if path.is_file():
                 yield from _equal_hash_groups(np.fromfile(path, dtype=np.int64).reshape(-1, 2))
 
@@ -99,7 +99,7 @@ class DuplicateIds:
         """Drop the buffer and remove the spill files."""
         self._hashes, self._offsets = array("q"), array("q")
         for bucket in range(BUCKETS):
-            (self.spill_dir / SPILL_TEMPLATE.format(bucket)).unlink(missing_ok=True)
+            (self.spill_dir / spill_name(bucket)).unlink(missing_ok=True)
 
 
 def _equal_hash_groups(pairs: np.ndarray) -> Iterable[list[int]]:

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .defaults import CUDA_BATCH_TOKENS, DEFAULT_BATCH_TOKENS, TRUNCATION_SEQ_LENGTH
+from . import options
+from .defaults import TRUNCATION_SEQ_LENGTH
 from .models import LoadedModel, precision_context, uncompile_encoder_layers
 from .tokens import TokenSet, tokenize_dna, tokenize_proteins
 
@@ -36,8 +37,8 @@ MIN_BUCKET_ROWS = 64
 
 
 def default_batch_tokens(device: torch.device | str) -> int:
-    """Padded tokens per batch when none is given: ``CUDA_BATCH_TOKENS`` on CUDA, else 16384."""
-    return CUDA_BATCH_TOKENS if torch.device(device).type == "cuda" else DEFAULT_BATCH_TOKENS
+    """Padded tokens per batch when none is given (:func:`virnucpro.options.default_batch_tokens`)."""
+    return options.default_batch_tokens(torch.device(device).type)
 
 
 def plan_batches(lengths: Sequence[int] | np.ndarray, max_tokens: int, exact_lengths: bool = False,

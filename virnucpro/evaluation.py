@@ -24,7 +24,8 @@ from . import ids as idfmt
 from .defaults import VIRUS_CLASS
 from .files import atomic_write
 from .outputs import (AGREEMENT_TSV_NAME, EVALUATION_JSON_NAME, EVALUATION_TSV_NAME, PR_FIGURE_NAME,
-                      RESULTS_COLUMNS, RESULTS_NAME, ROC_FIGURE_NAME)
+                      RESULTS_COLUMNS, ROC_FIGURE_NAME)
+from .rundir import RunDir
 
 log = logging.getLogger("virnucpro.evaluate")
 
@@ -74,7 +75,7 @@ def level_tables(frames: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def read_prediction_frames(outdir: Path, labels: dict[str, int]) -> pd.DataFrame:
     """The frame table of a prediction OUTDIR, labelled by input record id."""
-    path = outdir / RESULTS_NAME
+    path = RunDir(outdir).results
     other_col, virus_col = RESULTS_COLUMNS[2], RESULTS_COLUMNS[2 + VIRUS_CLASS]
     results = pd.read_csv(path, sep="\t", dtype={RESULTS_COLUMNS[0]: str, other_col: np.float32,
                                                  virus_col: np.float32}, keep_default_na=False)

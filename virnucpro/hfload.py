@@ -22,13 +22,13 @@ import io
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
 
+from . import errors
 from .errors import ModelLoadError
 
 log = logging.getLogger("virnucpro")
@@ -90,8 +90,7 @@ def _version_note() -> str:
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type when it has none), at most 300 characters."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return errors.first_line(exc, 300)
 
 
 def code_requirement(exc: BaseException) -> str | None:

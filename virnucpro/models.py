@@ -18,9 +18,9 @@ from typing import Any, Iterator
 
 import torch
 
-from .defaults import (CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECISION, DNA_PRECISIONS, DNABERT_S_MODEL, ESM_LOADERS,
-                       FASTESM_MODEL, PROTEIN_PRECISIONS, TRUNCATION_SEQ_LENGTH)
+from .defaults import DNA_PRECISIONS, DNABERT_S_MODEL, ESM_LOADERS, FASTESM_MODEL, PROTEIN_PRECISIONS, TRUNCATION_SEQ_LENGTH
 from .errors import ModelLoadError, VirNucProError
+from .options import default_precision
 from .hfload import (ESM_TOKENIZER_ID, LOAD_ERRORS, check_local_directory, code_requirement,
                      esm_tokenizer_missing_offline, first_line, from_pretrained_error, has_remote_code,
                      is_code_incompatibility, is_esm_shaped, isolated_model_code, load_native_esm, load_pretrained,
@@ -78,10 +78,9 @@ PRECISION_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.
 
 def resolve_precision(kind: str, precision: str | None, device: torch.device) -> str:
     """The precision a model runs in: as asked, else fp32 on the CPU and the CUDA default on CUDA."""
-    choices, cuda_default = ((PROTEIN_PRECISIONS, CUDA_PROTEIN_PRECISION) if kind == "protein"
-                             else (DNA_PRECISIONS, CUDA_DNA_PRECISION))
+    choices = PROTEIN_PRECISIONS if kind == "protein" else DNA_PRECISIONS
     if precision is None:
-        return cuda_default if device.type == "cuda" else "fp32"
+        return default_precision(kind, device.type)
     if precision not in choices:
         raise VirNucProError(f"unknown {kind} precision '{precision}' (use {', '.join(choices)})")
     return precision

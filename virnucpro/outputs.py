@@ -1,8 +1,8 @@
-"""Every file name and column list that more than one script (or a user) relies on.
+"""File names and column lists that more than one script (or a user) relies on.
 
-Prediction (``prediction.py`` writes them, ``drew_fig.py`` and users read them),
-training data (``make_train_dataset``, ``features_extract.py``, ``train.py``) and
-the classifier checkpoint name are defined here once.
+Prediction's columns (the names of everything under a prediction OUTDIR are
+:mod:`virnucpro.rundir`'s), evaluate.py's outputs, training data (``make_train_dataset``,
+``features_extract.py``, ``train.py``) and the classifier checkpoint name are defined here once.
 """
 from __future__ import annotations
 
@@ -12,22 +12,11 @@ from pathlib import Path
 #: the version of this program that wrote them (information; never compared).
 VERSION_KEY = "virnucpro_version"
 
-# --- prediction OUTDIR ------------------------------------------------------
-RESULTS_NAME = "prediction_results.txt"
+# --- prediction output columns (the file names are virnucpro.rundir's) -----------
 RESULTS_COLUMNS = ("Sequence_ID", "Prediction", "score1", "score2")
-CONSENSUS_NAME = "prediction_results_highestscore.csv"
 CONSENSUS_COLUMNS = ("Modified_ID", "Is_Virus")
-SUMMARY_NAME = "prediction_summary.tsv"
 SUMMARY_COLUMNS = ("Sequence_ID", "Length", "Chunks", "Scored_Chunks", "Viral_Chunks",
                    "Viral_Fraction", "Max_Virus_Score", "Mean_Virus_Score", "Prediction")
-#: The input records called ``virus`` in the summary, headers and sequences as in the input.
-VIRAL_FASTA_NAME = "viral_sequences.fa"
-VIRAL_CALL = "virus"  # the Prediction of a viral sequence in prediction_summary.tsv
-FIGURE_NAME = "prediction.png"
-WORK_DIR_NAME = ".virnucpro_work"
-LOCK_NAME = ".virnucpro.lock"  # in OUTDIR, held while a run is live
-MANIFEST_NAME = "manifest.json"
-FEATURES_DIR_NAME = "features"
 FASTA_SUFFIXES = (".fa", ".fasta", ".fas", ".fna", ".ffn", ".fsa", ".seq", ".txt", ".fastq", ".fq")
 
 
@@ -46,35 +35,6 @@ def input_stem(path: Path) -> str:
             return name[: -len(suffix)]
     return name
 
-
-def chunked_fasta_name(stem: str, chunk_size: int) -> str:
-    """The chunk FASTA (the original's name)."""
-    return f"{stem}_chunked{chunk_size}.fa"
-
-
-def identified_nucleotide_name(stem: str) -> str:
-    """The kept frames' DNA (the original's name)."""
-    return f"{stem}_identified_nucleotide.fa"
-
-
-def identified_protein_name(stem: str) -> str:
-    """The kept frames' proteins (the original's name)."""
-    return f"{stem}_identified_protein.faa"
-
-
-def final_outputs(outdir: Path, stem: str, chunk_size: int) -> list[Path]:
-    """Every final file of a prediction run, in the order they are made."""
-    return [outdir / chunked_fasta_name(stem, chunk_size), outdir / identified_nucleotide_name(stem),
-            outdir / identified_protein_name(stem), outdir / RESULTS_NAME, outdir / CONSENSUS_NAME,
-            outdir / SUMMARY_NAME, outdir / VIRAL_FASTA_NAME]
-
-
-def shard_features_name(index: int) -> str:
-    """A merged feature file kept by ``prediction.py --keep-features``."""
-    return f"shard_{index:06d}_merged.pt"
-
-
-SHARD_FEATURES_GLOB = "shard_*_merged.pt"
 
 # --- evaluate.py OUTDIR ---------------------------------------------------------
 EVALUATION_INPUT_NAME = "labelled_input.fa"  # the viral then the host records, scored by every model

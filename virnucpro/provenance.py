@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, ModelLoadError
+from .errors import CheckpointError, ModelLoadError, first_line
 from .files import atomic_write, file_sha256, git_blob_id
 
 log = logging.getLogger("virnucpro")
@@ -129,8 +129,7 @@ def hub_failure(exc: BaseException) -> str:
         return "no such revision (branch, tag or commit) of this model on the Hub"
     if isinstance(exc, EntryNotFoundError):
         return "the model has no config.json: not a Hugging Face model"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{text} ({type(exc).__name__})"
+    return f"{first_line(exc, 1000)} ({type(exc).__name__})"
 
 
 # ---------------------------------------------------------------------------
@@ -259,19 +258,21 @@ def revision_of_loaded(model: Any, default_location: str) -> str | None:
     return directory_content_hash(location) if is_local_model(location) else None
 
 
-def checkpoint_mismatches(meta: dict, loaded: dict[str, tuple[str, str]]) -> list[str]:
+def checkpoint_mismatches(meta: dict, loaded: dict[str, tuple[str, str | None]],
+                          used_by: str = "this run loads") -> list[str]:
     """Descriptions of the models that differ from the checkpoint's recorded revisions.
 
     ``loaded`` maps ``dna``/``protein`` to ``(location, revision)``.  A checkpoint that
-    records no revision for a model gives no mismatch for it (see :func:`unrecorded`).
+    records no revision for a model, or a ``None`` revision in ``loaded`` (unknown), gives no
+    mismatch for it (see :func:`unrecorded`).
     """
     problems = []
     for kind, (location, revision) in loaded.items():
         recorded = meta.get(REVISION_KEYS[kind])
-        if recorded and recorded != revision:
+        if recorded and revision and recorded != revision:
             trained = meta.get("dna_model" if kind == "dna" else "protein_model", "?")
             problems.append(f"{'DNA' if kind == 'dna' else 'protein'} model: trained with {trained} "
-                            f"({short(recorded)}), this run loads {location} ({short(revision)})")
+                            f"({short(recorded)}), {used_by} {location} ({short(revision)})")
     return problems
 
 
@@ -280,10 +281,15 @@ def unrecorded(meta: dict) -> list[str]:
     return [kind for kind, key in REVISION_KEYS.items() if not meta.get(key)]
 
 
-def check_against_checkpoint(checkpoint: Path, meta: dict, loaded: dict[str, tuple[str, str]],
-                             strict: bool) -> None:
-    """Warn when the language models differ from those the checkpoint was trained on; raise if ``strict``."""
-    problems = checkpoint_mismatches(meta, loaded)
+def check_against_checkpoint(checkpoint: Path, meta: dict, loaded: dict[str, tuple[str, str | None]],
+                             strict: bool, used_by: str = "this run loads") -> None:
+    """Warn when the language models differ from those the checkpoint was trained on; raise if ``strict``.
+
+    The one provenance rule of prediction, evaluation and training data: ``loaded`` maps
+    ``dna``/``protein`` to the ``(location, revision)`` that made (or will make) the features
+    (``used_by`` says which, in the message); a ``None`` revision cannot be checked.
+    """
+    problems = checkpoint_mismatches(meta, loaded, used_by)
     if problems:
         text = (f"{checkpoint}: the language models differ from those the classifier was trained with, so "
                 f"its scores may be wrong: {'; '.join(problems)}")
@@ -297,4 +303,11 @@ def check_against_checkpoint(checkpoint: Path, meta: dict, loaded: dict[str, tup
                 "provenance was recorded), so the language models cannot be checked")
         if strict:
             raise CheckpointError(text + " (refused: --strict-models; retrain with train.py)")
+        log.info("%s", text)
+    unknown = [kind for kind, (_, revision) in loaded.items() if not revision and kind not in missing]
+    if unknown:
+        text = (f"{checkpoint}: {used_by} {' and '.join(loaded[kind][0] for kind in unknown)} at an unrecorded "
+                f"revision, so the {' and '.join(unknown)} model cannot be checked against the classifier's")
+        if strict:
+            raise CheckpointError(text + " (refused: --strict-models)")
         log.info("%s", text)

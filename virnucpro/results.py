@@ -16,11 +16,11 @@ from typing import IO, TYPE_CHECKING, Sequence
 import numpy as np
 
 from . import ids
-from .defaults import VIRUS_CLASS
+from .defaults import NO_CALL, OTHERS_CLASS, OTHERS_LABEL, VIRUS_CLASS, VIRUS_LABEL
 from .fasta import write_fasta_record
-from .features import save_merged
 from .files import TEXT_ENCODING, TEXT_ERRORS, atomic_write, file_sha256
-from .outputs import shard_features_name
+from .rundir import (CHUNKED_PART, CONSENSUS_PART, DONE_PART, NUCLEOTIDE_PART, PROTEIN_PART, RESULTS_PART,
+                     SHARD_PARTS, SUMMARY_PART, WorkDir, shard_features_name)
 from .shards import SequenceInfo, Shard
 
 if TYPE_CHECKING:
@@ -28,40 +28,40 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("virnucpro.predict")
 
-SHARD_PARTS = ("chunked.fa", "nucleotide.fa", "protein.faa", "results.tsv", "consensus.tsv", "summary.tsv")
-DONE_PART = "done"
 #: The key of a ``done`` marker listing the size and SHA-256 of every file it vouches for.
 DONE_FILES_KEY = "files"
 
 
 def shard_path(work: Path, index: int, part: str) -> Path:
-    """One file of a shard in the work directory."""
-    return work / f"shard_{index:06d}.{part}"
+    """One file of a shard in the work directory (see :class:`~virnucpro.rundir.WorkDir`)."""
+    return WorkDir(work).shard(index, part)
 
 
 def write_shard(work: Path, shard: Shard, probabilities: np.ndarray, label_map: dict[int, str],
                 features: torch.Tensor | None, features_dir: Path | None, meta: dict) -> None:
     """Write every file of one shard atomically, then its ``done`` marker."""
-    with atomic_write(shard_path(work, shard.index, "chunked.fa")) as handle:
+    with atomic_write(shard_path(work, shard.index, CHUNKED_PART)) as handle:
         for chunk_id, chunk in shard.chunks:
             write_fasta_record(handle, chunk_id, chunk)
-    with atomic_write(shard_path(work, shard.index, "nucleotide.fa")) as handle:
+    with atomic_write(shard_path(work, shard.index, NUCLEOTIDE_PART)) as handle:
         handle.writelines(f">{i}\n{s}\n" for i, s in zip(shard.frame_ids, shard.nucleotides))
-    with atomic_write(shard_path(work, shard.index, "protein.faa")) as handle:
+    with atomic_write(shard_path(work, shard.index, PROTEIN_PART)) as handle:
         handle.writelines(f">{i}\n{s}\n" for i, s in zip(shard.frame_ids, shard.proteins))
 
     predicted = probabilities.argmax(axis=1) if len(probabilities) else np.empty(0, dtype=int)
-    with atomic_write(shard_path(work, shard.index, "results.tsv")) as handle:
+    with atomic_write(shard_path(work, shard.index, RESULTS_PART)) as handle:
         for frame_id, label, row in zip(shard.frame_ids, predicted, probabilities):
             scores = "\t".join(format_score(p) for p in row)
             handle.write(f"{frame_id}\t{label_map[int(label)]}\t{scores}\n")
 
     best = chunk_best_scores(shard.frame_ids, probabilities)
-    with atomic_write(shard_path(work, shard.index, "consensus.tsv")) as handle:
+    with atomic_write(shard_path(work, shard.index, CONSENSUS_PART)) as handle:
         handle.writelines(consensus_lines(best))
-    with atomic_write(shard_path(work, shard.index, "summary.tsv")) as handle:
+    with atomic_write(shard_path(work, shard.index, SUMMARY_PART)) as handle:
         handle.writelines(summary_part_line(info, best) for info in shard.sequences)
     if features_dir is not None and features is not None:
+        from .features import save_merged  # torch: only when features are kept
+
         save_merged(features_dir / shard_features_name(shard.index), shard.frame_ids, features,
                     meta["dna_dim"], meta["protein_dim"])
     files = {part: _file_record(shard_path(work, shard.index, part)) for part in SHARD_PARTS}
@@ -123,9 +123,9 @@ def chunk_best_scores(frame_ids: Sequence[str], probabilities: np.ndarray) -> di
         chunk_id = ids.chunk_of_frame(frame_id)
         current = best.get(chunk_id)
         if current is None:
-            best[chunk_id] = [row[0], row[VIRUS_CLASS]]
+            best[chunk_id] = [row[OTHERS_CLASS], row[VIRUS_CLASS]]
         else:
-            current[0] = max(current[0], row[0])
+            current[0] = max(current[0], row[OTHERS_CLASS])
             current[1] = max(current[1], row[VIRUS_CLASS])
     return best
 
@@ -143,10 +143,10 @@ def summary_row(info: SequenceInfo, best: dict[str, list[np.float32]]) -> list[s
         fraction = viral / len(scored)
         max_virus = format_score(max(virus for _, virus in scored))
         mean_virus = f"{float(np.mean([float(virus) for _, virus in scored])):.6f}"
-        call = "virus" if fraction >= 0.5 else "others"
+        call = VIRUS_LABEL if fraction >= 0.5 else OTHERS_LABEL
         fraction_text = f"{fraction:.4f}"
     else:
-        fraction_text, max_virus, mean_virus, call = "NA", "NA", "NA", "no_call"
+        fraction_text, max_virus, mean_virus, call = "NA", "NA", "NA", NO_CALL
     return [info.seq_id, str(info.length), str(len(info.chunk_ids)), str(len(scored)), str(viral),
             fraction_text, max_virus, mean_virus, call]
 

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import VirNucProError
-from .outputs import LOCK_NAME
+from .rundir import RunDir
 
 log = logging.getLogger("virnucpro")
 
@@ -53,7 +53,7 @@ class RunLock:
     """The exclusive lock on one OUTDIR; use as a context manager or call :meth:`release`."""
 
     def __init__(self, outdir: Path):
-        self.path = Path(outdir) / LOCK_NAME
+        self.path = RunDir(Path(outdir)).lock
         self.fd: int | None = None
         self.owner: dict = {}
 
@@ -121,8 +121,3 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def acquire_run_lock(outdir: Path) -> RunLock:
-    """Take the exclusive lock of ``outdir`` (which must exist) for this process."""
-    return RunLock(outdir).acquire()

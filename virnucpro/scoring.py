@@ -1,16 +1,16 @@
 """Scoring a shard: the classifier and the two language models of a run, loaded once."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .classifier import load_checkpoint
-from .embed import default_batch_tokens, embed_tokens
+from .classifier import LoadedCheckpoint, read_checkpoint
+from .embed import embed_tokens
 from .errors import CheckpointError, ModelLoadError, RunFailedError
 from .models import LoadedModel, compile_encoder_layers, load_dnabert_model, load_protein_model
 from .outputs import checkpoint_name
@@ -31,9 +31,6 @@ class PreparedShard:
     protein: TokenSet
 
 
-ShardLike = Union[Shard, PreparedShard]
-
-
 @dataclass
 class Scorer:
     """The three models of a run, loaded once."""
@@ -51,23 +48,13 @@ class Scorer:
         return PreparedShard(shard, tokenize_dna(shard.nucleotides, self.dna.tokenizer),
                              tokenize_proteins(shard.proteins, self.protein.tokenizer, shard.frame_ids))
 
-    def features(self, shard: ShardLike) -> torch.Tensor:
+    def features(self, prepared: PreparedShard) -> torch.Tensor:
         """DNA and protein embeddings of a shard's frames, concatenated (N, dna_dim + protein_dim)."""
-        prepared = shard if isinstance(shard, PreparedShard) else self.prepare(shard)
         dna = embed_tokens(prepared.dna, self.dna, batch_tokens=self.batch_tokens, length_buckets=False,
                            desc="DNA embeddings", progress=self.progress)
         protein = embed_tokens(prepared.protein, self.protein, batch_tokens=self.batch_tokens,
                                desc="protein embeddings", progress=self.progress)
         return torch.cat((dna, protein), dim=1)
-
-    def score(self, shard: ShardLike) -> tuple[torch.Tensor, np.ndarray]:
-        """The merged features and class probabilities of a shard's frames."""
-        frames = shard.shard.frame_ids if isinstance(shard, PreparedShard) else shard.frame_ids
-        if not frames:
-            return (torch.empty((0, self.meta["input_dim"])),
-                    np.empty((0, self.meta["num_class"]), dtype=np.float32))
-        features = self.features(shard)
-        return features, self.probabilities(features)
 
     def probabilities(self, features: torch.Tensor) -> np.ndarray:
         """Softmax class probabilities, float32 (N, num_class)."""
@@ -101,18 +88,19 @@ def check_finite(probabilities: np.ndarray, shard: Shard) -> None:
                              "device give NaN/Inf: check the checkpoint and language models (try --fp32)")
 
 
-def load_classifier(checkpoint_path: Path, length: int) -> tuple[torch.nn.Module, dict]:
-    """The checkpoint, refused before any heavy work when it is foreign, legacy or for another LENGTH."""
-    classifier, meta = load_checkpoint(checkpoint_path, "cpu")
+def load_classifier(checkpoint_path: Path, length: int) -> LoadedCheckpoint:
+    """The checkpoint, read once, refused before any heavy work when it is foreign, legacy or for another LENGTH."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    meta = checkpoint.meta
     if meta["chunk_size"] != length:
         raise CheckpointError(
             f"{checkpoint_path}: model was trained on {meta['chunk_size']}-bp chunks but LENGTH is "
             f"{length}; use the {checkpoint_name(length)} model or LENGTH {meta['chunk_size']}")
-    return classifier, meta
+    return checkpoint
 
 
-def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, device: torch.device, *,
-                dnabert_model: str, esm_model: str, batch_tokens: int | None, progress: bool,
+def load_scorer(checkpoint: LoadedCheckpoint, device: torch.device, *,
+                dnabert_model: str, esm_model: str, batch_tokens: int, progress: bool,
                 protein_precision: str | None = None, dna_precision: str | None = None,
                 compile_layers: bool = False, revisions: dict[str, str] | None = None,
                 esm_loader: str | None = None, trust_esm_code: bool = True) -> Scorer:
@@ -122,6 +110,7 @@ def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, 
     pin hub models to exactly the weights recorded in the run's manifest; ``esm_loader``: see
     :func:`virnucpro.models.load_protein_model`.
     """
+    checkpoint_path, meta = checkpoint.path, checkpoint.meta
     revisions = revisions or {}
     pins = {kind: pinned_revision(location, revisions[kind]) if kind in revisions else None
             for kind, location in (("dna", dnabert_model), ("protein", esm_model))}
@@ -140,5 +129,5 @@ def load_scorer(checkpoint_path: Path, classifier: torch.nn.Module, meta: dict, 
     if compile_layers:
         compile_encoder_layers(dna)
         compile_encoder_layers(protein)
-    classifier.to(device)
-    return Scorer(classifier, meta, dna, protein, device, batch_tokens or default_batch_tokens(device), progress)
+    classifier = copy.deepcopy(checkpoint.classifier).to(device)  # the checkpoint's own stays on the CPU
+    return Scorer(classifier, meta, dna, protein, device, batch_tokens, progress)

@@ -4,14 +4,14 @@
 finds duplicate ids in bounded memory (:mod:`virnucpro.dupcheck`), spools a pipe to the
 work directory, and cuts the chunks into shards.  The :class:`ShardIndex` (byte offset,
 first chunk, record and chunk counts of every shard) is saved in the work directory and
-reused on resume while the input file's size and modification time are unchanged.
+reused on resume while the input file's size, modification time and inode are unchanged.
 
 :class:`ShardReader` gives the record pieces of any shard: it seeks to the shard's offset
 (for gzip it decompresses forward without parsing) and reads on sequentially without
-seeking.  Every shard read is checked against the index.  Typical use, also by several
-processes: one builds or loads the index (:func:`load_index` / :func:`build_index`),
-the others load it with :func:`read_saved_index`, and every process reads its shards
-with ``ShardReader(index, work).read(k)``.
+seeking.  Every shard read is checked against the index.  Typical use: one process
+builds or loads the index (:func:`load_index` / :func:`build_index`; under torchrun,
+rank 0, which hands it to the other ranks), and every process reads its shards with
+``ShardReader(index, work).read(k)``.  The index's file names are :mod:`virnucpro.rundir`'s.
 """
 from __future__ import annotations
 
@@ -32,13 +32,12 @@ from .errors import InputError
 from .fasta import FastaRecord, check_input_file, shown_text
 from .fastq import FASTA, parse_sequences, sniff_format
 from .files import DISK_FULL_ERRNOS, atomic_write, decompressed, open_binary
+from .rundir import WorkDir
 from .shards import RecordPiece, chunk_count
 
 log = logging.getLogger("virnucpro.predict")
 
-INDEX_NAME = "index.json"
 INDEX_VERSION = 1
-SPOOL_NAME = "input.spool"
 STDIN_NAME = "-"
 _READ_BLOCK = 1 << 20
 
@@ -113,17 +112,17 @@ class ShardIndex:
 
     def data_path(self, work: Path) -> Path:
         """The file the shards are read from: the input, or its spool in the work directory."""
-        return work / SPOOL_NAME if self.spooled else Path(self.source)
+        return WorkDir(work).spool if self.spooled else Path(self.source)
 
     def save(self, work: Path) -> None:
         """Write the index to the work directory (atomically)."""
-        with atomic_write(work / INDEX_NAME) as handle:
+        with atomic_write(WorkDir(work).index) as handle:
             json.dump(asdict(self), handle, separators=(",", ":"))
 
 
 def read_saved_index(work: Path) -> ShardIndex | None:
     """The index saved in ``work`` as it is (for a process that did not build it); None if absent or damaged."""
-    path = work / INDEX_NAME
+    path = WorkDir(work).index
     if not path.is_file():
         return None
     try:
@@ -214,7 +213,7 @@ def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: 
     try:
         with contextlib.ExitStack() as stack:
             raw = stack.enter_context(source.open_raw())
-            spool = stack.enter_context(atomic_write(work / SPOOL_NAME, "wb")) if source.stream else None
+            spool = stack.enter_context(atomic_write(WorkDir(work).spool, "wb")) if source.stream else None
             tee = _TeeReader(raw, spool)
             handle = stack.enter_context(decompressed(io.BufferedReader(tee, _READ_BLOCK)))
             fmt = sniff_format(handle)
