@@ -62,10 +62,10 @@ def build_parser() -> cli.CliArgumentParser:
     parser = cli.CliArgumentParser(
         prog=PROG,
         description="Plot the per-chunk virus score (score2) along each sequence of a prediction.",
-        epilog="Example: python drew_fig.py results/prediction_results.txt  (writes results/prediction.png)",
+        epilog=f"Example: python drew_fig.py results/{rundir.RESULTS_NAME}  (writes results/{DEFAULT_FIGURE_NAME})",
     )
     parser.add_argument("results", type=Path, metavar="RESULTS",
-                        help="prediction_results.txt written by prediction.py")
+                        help=f"{rundir.RESULTS_NAME} written by prediction.py")
     parser.add_argument("--chunk-size", type=cli.positive_int, default=None,
                         help="chunk length used for the prediction; None: the one prediction.py recorded "
                              f"in the OUTDIR of RESULTS, else inferred from {SUMMARY_NAME} next to RESULTS")

@@ -239,14 +239,21 @@ def _wait_for(proc: subprocess.Popen, condition, timeout: float = 120) -> None:
                                               (signal.SIGINT, 130, 1.5)])
 def test_signal_during_start_up_gives_one_line(tmp_path, esm_model_dir, dnabert_model_dir, checkpoint_300,
                                                golden_dir, sig, code, delay):
+    """The input is a pipe this test holds open and never writes: the run cannot finish before the
+    signal, however fast the machine (during the imports at 0.15 s, waiting for input at 1.5 s)."""
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cli(esm_model_dir, dnabert_model_dir, checkpoint_300, golden_dir / "reads.fa", out),
-                            cwd=REPO, stderr=subprocess.PIPE, text=True)
-    time.sleep(delay)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal")
+    pipe = tmp_path / "reads.fa"
+    os.mkfifo(pipe)
+    held = os.open(pipe, os.O_RDWR | os.O_NONBLOCK)  # a writer that never writes: reads block, never end
+    try:
+        proc = subprocess.Popen(_cli(esm_model_dir, dnabert_model_dir, checkpoint_300, pipe, out),
+                                cwd=REPO, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        assert proc.poll() is None  # still starting up
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(held)
     assert proc.returncode == code, err
     assert err.strip().splitlines()[-1] == "prediction.py: interrupted; rerun the same command to resume"
     assert "Traceback" not in err
