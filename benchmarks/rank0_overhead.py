@@ -39,7 +39,6 @@ sys.path.insert(0, str(BENCH))
 
 from input_pass_memory import make  # noqa: E402
 from virnucpro.assemble import finalise  # noqa: E402
-from virnucpro.defaults import LABEL_MAP  # noqa: E402
 from virnucpro.results import write_shard  # noqa: E402
 from virnucpro.rundir import RunDir  # noqa: E402
 from virnucpro.shardindex import ShardReader, build_index, input_source, load_index  # noqa: E402
@@ -80,7 +79,7 @@ def run(reads: int, shard_size: int, root: Path) -> dict:
             prep_s += seconds
             scores = rng.random((len(shard.frame_ids), 1), dtype=np.float32)
             probabilities = np.hstack([scores, 1 - scores])
-            _, seconds = timed(lambda: write_shard(work, shard, probabilities, LABEL_MAP, None, None, {}), "shard_write")
+            _, seconds = timed(lambda: write_shard(work, shard, probabilities, None, None, {}), "shard_write")
             write_s += seconds
     _, finalise_s = timed(lambda: finalise(run_dir, index), "finalise")
     per_million = 1e6 / reads

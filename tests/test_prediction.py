@@ -526,3 +526,19 @@ def test_malicious_checkpoint_is_refused_and_never_runs(run, tmp_path, golden_di
     err = capsys.readouterr().err.strip()
     assert "not a VirNucPro-FastESM checkpoint" in err and len(err.splitlines()) == 1
     assert not marker.exists()
+
+
+def test_label_map_decides_which_output_is_virus(run, tmp_path, golden_dir, checkpoint_300):
+    """The classifier's two output rows swapped together with label_map {0: virus, 1: others}: the same files,
+    byte for byte (score1 is P(others), score2 P(virus), whatever the order of the classifier's outputs)."""
+    checkpoint = torch.load(checkpoint_300, weights_only=True)
+    for key in ("output_layer.weight", "output_layer.bias"):
+        checkpoint["state_dict"][key] = checkpoint["state_dict"][key].flip(0).clone()
+    checkpoint["label_map"] = {0: "virus", 1: "others"}
+    swapped = tmp_path / "swapped" / checkpoint_300.name
+    swapped.parent.mkdir()
+    torch.save(checkpoint, swapped)
+    assert run(golden_dir / "reads.fa", 300, tmp_path / "plain") == 0
+    assert run(golden_dir / "reads.fa", 300, tmp_path / "swap", model=swapped) == 0
+    for name in (rundir.RESULTS_NAME, rundir.CONSENSUS_NAME, rundir.SUMMARY_NAME, rundir.VIRAL_FASTA_NAME):
+        assert (tmp_path / "swap" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name

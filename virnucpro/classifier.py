@@ -321,11 +321,11 @@ def _class_index(key: Any) -> int:
 def binary_columns(path: str | os.PathLike, meta: dict[str, Any]) -> tuple[int, int]:
     """The output columns of the virus and the others class, read from the checkpoint's ``label_map``.
 
-    Evaluation knows only those two classes: a checkpoint with other classes is refused.
+    Prediction and evaluation know only those two classes: a checkpoint with other classes is refused.
     """
     names = {name: index for index, name in meta["label_map"].items()}
     wanted = set(LABEL_MAP.values())
     if meta["num_class"] != len(wanted) or set(names) != wanted:
         raise CheckpointError(f"{path}: a {meta['num_class']}-class checkpoint (classes "
-                              f"{sorted(names)}); the test set has only {sorted(wanted)}")
+                              f"{sorted(names)}); prediction and evaluation know only {sorted(wanted)}")
     return names[LABEL_MAP[VIRUS_CLASS]], names[LABEL_MAP[1 - VIRUS_CLASS]]

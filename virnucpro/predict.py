@@ -318,7 +318,7 @@ def score_shards(request: PredictionRequest, plan: RunPlan, scorer: Scorer | Non
         probabilities = scorer.probabilities(features)
         check_finite(probabilities, shard)
         with disk_full_says(plan.work, f"shard {shard.index}"):
-            write_shard(plan.work, shard, probabilities, meta["label_map"], features, features_dir, meta)
+            write_shard(plan.work, shard, probabilities, features, features_dir, meta)
         log.info("shard %d: %d sequences, %d chunks, %d frames scored", shard.index, len(shard.sequences),
                  shard.chunk_count, len(shard.frame_ids))
 

@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Sequence
 import numpy as np
 
 from . import ids
-from .defaults import NO_CALL, OTHERS_CLASS, OTHERS_LABEL, VIRUS_CLASS, VIRUS_LABEL
+from .defaults import LABEL_MAP, NO_CALL, OTHERS_CLASS, OTHERS_LABEL, VIRUS_CLASS, VIRUS_LABEL
 from .fasta import write_fasta_record
 from .files import TEXT_ENCODING, TEXT_ERRORS, atomic_write, file_sha256
 from .rundir import (CHUNKED_PART, CONSENSUS_PART, DONE_PART, NUCLEOTIDE_PART, PROTEIN_PART, RESULTS_PART,
@@ -37,9 +37,12 @@ def shard_path(work: Path, index: int, part: str) -> Path:
     return WorkDir(work).shard(index, part)
 
 
-def write_shard(work: Path, shard: Shard, probabilities: np.ndarray, label_map: dict[int, str],
-                features: torch.Tensor | None, features_dir: Path | None, meta: dict) -> None:
-    """Write every file of one shard atomically, then its ``done`` marker."""
+def write_shard(work: Path, shard: Shard, probabilities: np.ndarray, features: torch.Tensor | None,
+                features_dir: Path | None, meta: dict) -> None:
+    """Write every file of one shard atomically, then its ``done`` marker.
+
+    ``probabilities`` are (others, virus) per frame, the columns of :data:`~virnucpro.defaults.LABEL_MAP`.
+    """
     with atomic_write(shard_path(work, shard.index, CHUNKED_PART)) as handle:
         for chunk_id, chunk in shard.chunks:
             write_fasta_record(handle, chunk_id, chunk)
@@ -52,7 +55,7 @@ def write_shard(work: Path, shard: Shard, probabilities: np.ndarray, label_map: 
     with atomic_write(shard_path(work, shard.index, RESULTS_PART)) as handle:
         for frame_id, label, row in zip(shard.frame_ids, predicted, probabilities):
             scores = "\t".join(format_score(p) for p in row)
-            handle.write(f"{frame_id}\t{label_map[int(label)]}\t{scores}\n")
+            handle.write(f"{frame_id}\t{LABEL_MAP[int(label)]}\t{scores}\n")
 
     best = chunk_best_scores(shard.frame_ids, probabilities)
     with atomic_write(shard_path(work, shard.index, CONSENSUS_PART)) as handle:

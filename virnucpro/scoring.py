@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .classifier import LoadedCheckpoint, read_checkpoint
+from .classifier import LoadedCheckpoint, binary_columns, read_checkpoint
+from .defaults import OTHERS_CLASS, VIRUS_CLASS
 from .embed import embed_tokens
 from .errors import CheckpointError, ModelLoadError, RunFailedError
 from .models import LoadedModel, compile_encoder_layers, load_dnabert_model, load_protein_model
@@ -42,6 +43,8 @@ class Scorer:
     device: torch.device
     batch_tokens: int
     progress: bool
+    #: The classifier's output columns of (others, virus), from its label_map (see :func:`binary_columns`).
+    columns: tuple[int, int] = (OTHERS_CLASS, VIRUS_CLASS)
 
     def prepare(self, shard: Shard) -> PreparedShard:
         """Tokenise a shard's frames for both models (CPU only: run it in the prefetch thread)."""
@@ -57,8 +60,10 @@ class Scorer:
         return torch.cat((dna, protein), dim=1)
 
     def probabilities(self, features: torch.Tensor) -> np.ndarray:
-        """Softmax class probabilities, float32 (N, num_class)."""
-        return classifier_probabilities(self.classifier, features, self.meta["num_class"], self.device)
+        """Softmax class probabilities, float32 (N, 2), in the columns of :data:`~virnucpro.defaults.LABEL_MAP`
+        (others, virus) whatever the order of the classifier's outputs."""
+        raw = classifier_probabilities(self.classifier, features, self.meta["num_class"], self.device)
+        return raw if self.columns == (OTHERS_CLASS, VIRUS_CLASS) else np.ascontiguousarray(raw[:, list(self.columns)])
 
 
 def classifier_probabilities(classifier: torch.nn.Module, features: torch.Tensor, num_class: int,
@@ -92,6 +97,7 @@ def load_classifier(checkpoint_path: Path, length: int) -> LoadedCheckpoint:
     """The checkpoint, read once, refused before any heavy work when it is foreign, legacy or for another LENGTH."""
     checkpoint = read_checkpoint(checkpoint_path)
     meta = checkpoint.meta
+    binary_columns(checkpoint_path, meta)  # a checkpoint of other classes is refused here
     if meta["chunk_size"] != length:
         raise CheckpointError(
             f"{checkpoint_path}: model was trained on {meta['chunk_size']}-bp chunks but LENGTH is "
@@ -130,4 +136,5 @@ def load_scorer(checkpoint: LoadedCheckpoint, device: torch.device, *,
         compile_encoder_layers(dna)
         compile_encoder_layers(protein)
     classifier = copy.deepcopy(checkpoint.classifier).to(device)  # the checkpoint's own stays on the CPU
-    return Scorer(classifier, meta, dna, protein, device, batch_tokens, progress)
+    virus_col, others_col = binary_columns(checkpoint_path, meta)
+    return Scorer(classifier, meta, dna, protein, device, batch_tokens, progress, (others_col, virus_col))
