@@ -20,8 +20,8 @@ as they are when they hold exactly the split's sequence ids and this run's DNA m
 ``zhihan1996/DNABERT-S`` (the default, which made them; their revision was never recorded,
 and the merged file says so: ``dna_model_revision: unrecorded``); under another DNA model
 they are recomputed.  Other DNABERT-S and protein feature files are recomputed unless they
-were made by the same model at the same revision for the same ids.  A merged file is kept
-unless ``--force`` only when it holds exactly the rows it would now hold (the split's DNA
+were made by the same model at the same revision for the same ids.  Unless ``--force``, a
+merged file is kept only when it holds exactly the rows it would now hold (the split's DNA
 ids that have a protein, in order) and was made by the same models at the same revisions;
 it records the models and revisions of the feature files it was made from, so one merged
 set never mixes features of different weights.  Every feature file written here records a

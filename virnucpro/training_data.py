@@ -3,7 +3,10 @@
 Rows of the folder named like :data:`virnucpro.outputs.VIRAL_MERGED_DIR_NAME` are
 viral (label 1), rows of every other sub-folder host (label 0).  Every file must
 have the same width and record the same models; the rows of all files are copied
-into one float32 tensor.  The hold-out split keeps every frame and chunk of one
+into one float32 tensor.  Files that say their DNA revision is unrecorded (made from DNABERT-S
+features of the original pipeline) may be used with files that record one: one warning, and
+the checkpoint then records no DNA model revision.  A file whose checksum does not match its
+content is refused.  The hold-out split keeps every frame and chunk of one
 source sequence on one side (``sequence``) or is the original per-row split
 (``record``).
 """
