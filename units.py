@@ -27,8 +27,8 @@ from virnucpro.defaults import DEFAULT_BATCH_TOKENS, DNABERT_S_MODEL, FASTESM_MO
 from virnucpro.embed import embed_dna, embed_proteins, token_budget_batches
 from virnucpro.errors import CheckpointError, FeatureFileError, InputError, ModelLoadError, VirNucProError
 from virnucpro.fasta import FastaRecord, check_input_file, read_fasta, split_fasta_file, write_fasta_record
-from virnucpro.features import (extract_DNABERT_S, extract_esm, load_dna_features, load_feature_object,
-                                load_protein_features, merge_data)
+from virnucpro.extraction import extract_DNABERT_S, extract_esm, merge_data
+from virnucpro.features import load_dna_features, load_feature_object, load_protein_features
 from virnucpro.files import TEXT_ENCODING, TEXT_ERRORS, atomic_torch_save, atomic_write, open_text
 from virnucpro.frames import (CODON_TABLE, chunk_sequence, create_refseq_pro_list, identify_seq,
                               process_record, reverse_complement, select_frames, seq_in_reflist,

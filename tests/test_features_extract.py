@@ -9,10 +9,10 @@ import torch
 
 import features_extract
 import virnucpro
+from virnucpro import extract
 import units
 
 SPF = 4  # sequences per split file in these tests
-LEGACY_VALUE = 7.25
 
 
 def copy_identified(golden_dir: Path, source: str, data: Path, target: str, keep: int | None = None) -> None:
@@ -49,15 +49,15 @@ def merged_files(data: Path) -> dict[str, dict]:
 
 
 def test_selection_is_seeded_and_balanced(data_dir: Path) -> None:
-    sources = features_extract.find_sources(data_dir)
+    sources = extract.find_sources(data_dir)
     assert [(s.name, s.kind, s.category) for s in sources] == [
         ("bacteria.1.1", "host", "bacteria"), ("fungi.1.1", "host", "fungi"), ("viral.1.1", "viral", "viral")]
-    splits = features_extract.select_splits(data_dir, sources, SPF, 42)
+    splits = extract.select_splits(data_dir, sources, SPF, 42)
     viral = [s for s in splits if s.kind == "viral"]
     host = [s for s in splits if s.kind == "host"]
     assert [s.index for s in viral] == [1, 2, 3, 4]  # the 2 leftover sequences are not used
     assert sorted(s.source.category for s in host) == ["bacteria", "fungi"]  # ceil(4/7) = 1 each
-    again = features_extract.select_splits(data_dir, sources, SPF, 42)
+    again = extract.select_splits(data_dir, sources, SPF, 42)
     assert [(s.source.nucleotide, s.index) for s in again] == [(s.source.nucleotide, s.index) for s in splits]
     assert viral[0].merged == data_dir / "data_merge" / "viral.1.1_merged" / "output_1_merged.pt"
     assert {s.merged.parent.name for s in host} == {"bacteria.1.1_merged", "fungi.1.1_merged"}
@@ -68,10 +68,10 @@ def test_selection_is_seeded_and_balanced(data_dir: Path) -> None:
 
 def test_host_sample_is_cut_down_to_the_viral_count(data_dir: Path, golden_dir: Path) -> None:
     copy_identified(golden_dir, "viral.1.1", data_dir, "viral.1.1", keep=SPF + 1)  # one viral split
-    sources = features_extract.find_sources(data_dir)
+    sources = extract.find_sources(data_dir)
     picks = set()
     for seed in range(6):
-        splits = features_extract.select_splits(data_dir, sources, SPF, seed)
+        splits = extract.select_splits(data_dir, sources, SPF, seed)
         assert [s.kind for s in splits] == ["viral", "host"]
         picks.add(splits[1].source.category)
     assert picks == {"bacteria", "fungi"}
@@ -90,8 +90,7 @@ def test_missing_data_dir_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "nope" in capsys.readouterr().err
 
 
-def test_merged_features_labels_determinism_and_legacy_reuse(data_dir: Path, model_args: list[str],
-                                                              tmp_path: Path) -> None:
+def test_merged_features_labels_and_determinism(data_dir: Path, model_args: list[str], tmp_path: Path) -> None:
     twin = tmp_path / "twin" / "data"
     shutil.copytree(data_dir, twin)
     assert features_extract.main(["--data-dir", str(data_dir), *model_args]) == 0
@@ -119,32 +118,10 @@ def test_merged_features_labels_determinism_and_legacy_reuse(data_dir: Path, mod
         assert other[name]["ids"] == merged[name]["ids"]
         assert torch.equal(other[name]["data"], merged[name]["data"])
 
-    # a DNABERT-S file of the original pipeline (list format) is reused as it is
-    split_dir = data_dir / "viral.1.1.identified_nucleotide"
-    ids = viral_ids[:SPF]
-    legacy = {"nucleotide": ids,
-              "data": [{"label": i, "mean_representation": [LEGACY_VALUE] * 768} for i in ids]}
-    torch.save(legacy, split_dir / "output_1_DNABERT_S.pt")
-    # ... but one for other sequences (stale) is not
-    torch.save({"nucleotide": ["a", "b", "c", "d"],
-                "data": [{"label": i, "mean_representation": [LEGACY_VALUE] * 768} for i in "abcd"]},
-               split_dir / "output_2_DNABERT_S.pt")
-    protein_before = torch.load(data_dir / "viral.1.1.identified_protein" / "output_1_ESM.pt", weights_only=True)
-    assert features_extract.main(["--data-dir", str(data_dir), "--force", *model_args]) == 0
-    again = merged_files(data_dir)
-    first = again[viral_names[0]]
-    assert torch.all(first["data"][:, :768] == LEGACY_VALUE)
-    assert torch.equal(first["data"][:, 768:], merged[viral_names[0]]["data"][:, 768:])
-    second = again[viral_names[1]]
-    assert torch.equal(second["data"], merged[viral_names[1]]["data"])  # recomputed, not reused
-    assert torch.load(split_dir / "output_1_DNABERT_S.pt", weights_only=True) == legacy  # left untouched
-    protein_after = torch.load(data_dir / "viral.1.1.identified_protein" / "output_1_ESM.pt", weights_only=True)
-    assert torch.equal(protein_before["data"], protein_after["data"])
-
 
 def test_old_protein_features_are_recomputed(data_dir: Path, model_args: list[str]) -> None:
     """ESM2-3B features of the original (2560-d, no model name) are not mixed with FastESM2 ones."""
-    features_extract.select_splits(data_dir, features_extract.find_sources(data_dir), SPF, 42)
+    extract.select_splits(data_dir, extract.find_sources(data_dir), SPF, 42)
     protein_dir = data_dir / "viral.1.1.identified_protein"
     ids = [r.id for r in units.read_fasta(protein_dir / "output_1.fa", alphabet="protein")]
     torch.save({"proteins": ids, "data": [torch.ones(2560) for _ in ids]}, protein_dir / "output_1_ESM.pt")

@@ -12,7 +12,9 @@
 ``provenance``     the resolved revision of the language-model weights a run used
 ``tokens``         per-shard token arrays, duplicate sequences kept once
 ``embed``          token-budget batching, protein and DNA embeddings
-``features``       the feature-file formats (DNABERT-S, protein, merged)
+``features``       the feature-file formats (DNABERT-S, protein, merged), their checksums
+``extraction``     feature files made with the models; the merge of DNA and protein features
+``extract``        features_extract.py's run: training splits selected, merged files made or kept
 ``classifier``     the MLP classifier and its checkpoints
 ``legacy``         converting original VirNucPro whole-model pickles (safely)
 ``evaluation``     metrics of classifiers against labels, agreement, curves
@@ -32,7 +34,7 @@
 =================  ==========================================================
 
 Importing the package (or ``errors``, ``files``, ``fasta``, ``fastq``, ``ids``, ``frames``,
-``outputs``, ``cli``, ``distributed``) imports no torch.
+``outputs``, ``cli``, ``distributed``, ``extract``) imports no torch.
 """
 
 __version__ = "0.2.0"

@@ -1,4 +1,4 @@
-"""The feature-file formats: the one reader, writer and validator of each.
+"""The feature-file formats: the one reader, writer and validator of each (no model here).
 
 - DNABERT-S: ``{'nucleotide': ids, 'data': tensor(N, 768), 'model', 'model_revision', 'model_loader'}``
   (the original list of ``{'label', 'mean_representation'}`` dicts is read too);
@@ -12,36 +12,51 @@
   validates it.
 
 ``model_revision`` is the resolved revision of :mod:`virnucpro.provenance`; a feature
-file is reused only for the same model at the same revision.  ``model_loader`` says how the
-weights were loaded (``remote``: the model's own code; ``native``: transformers' own ESM):
-information only, as both give the same numbers.  Every file written here
-records the version of this program (``virnucpro_version``).
+file is reused only for the same model at the same revision.  A merged file made from a
+DNABERT-S file of the original pipeline (which records no model) says
+``dna_model: zhihan1996/DNABERT-S`` and ``dna_model_revision:`` :data:`UNRECORDED_REVISION`.
+``model_loader`` says how the weights were loaded (``remote``: the model's own code; ``native``:
+transformers' own ESM): information only, as both give the same numbers.  Every file written
+here records the version of this program (``virnucpro_version``) and :data:`CHECKSUM_KEY`, the
+SHA-256 of its ids and float32 data (:func:`content_sha256`), checked whenever the file is read:
+a file changed after it was written is refused as damaged.  Files without it (the original
+pipeline's, older versions') cannot be checked and are read as they are.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from . import __version__
-from .defaults import DEFAULT_BATCH_TOKENS, DNABERT_S_MODEL, FASTESM_MODEL, TRUNCATION_SEQ_LENGTH
-from .embed import embed_dna, embed_proteins
 from .errors import FeatureFileError
-from .fasta import read_fasta
 from .files import atomic_torch_save
-from .models import load_dnabert_model, load_protein_model, model_name_of, wrap_loaded_model
 from .outputs import VERSION_KEY
-from .provenance import LOADER_KEY, LOADER_KEYS, REVISION_KEYS, resolve_model_revision, revision_of_loaded
+from .provenance import LOADER_KEY, REVISION_KEYS
 
 log = logging.getLogger("virnucpro")
 
 MERGED_WHAT = "merged feature file"
+#: The merged-file key of each part's model name.
+MODEL_KEYS = {"dna": "dna_model", "protein": "protein_model"}
 #: What a merged file may record about the models that made it (all files of a training set must agree).
-MERGED_NAME_KEYS = ("dna_model", "protein_model", "dna_model_revision", "protein_model_revision")
+MERGED_NAME_KEYS = (*MODEL_KEYS.values(), *REVISION_KEYS.values())
+#: The id keys of the DNABERT-S and protein feature files (the original's).
+DNA_IDS_KEY, PROTEIN_IDS_KEY = "nucleotide", "proteins"
+DNA_WHAT, PROTEIN_WHAT = "DNABERT-S feature file", "protein feature file"
+#: The key of every written file's content checksum (see :func:`content_sha256`).
+CHECKSUM_KEY = "content_sha256"
+#: What a file whose content no longer matches its checksum is called in messages.
+DAMAGED = "damaged (checksum mismatch)"
+#: The revision a merged file records for DNA features of the original pipeline (made by
+#: zhihan1996/DNABERT-S at a revision nobody recorded).
+UNRECORDED_REVISION = "unrecorded"
 
 
 def load_feature_object(path: str | os.PathLike, what: str = "feature file", *, mmap: bool = False) -> Any:
@@ -85,8 +100,14 @@ def _rows_to_tensor(path: Path, rows: Any, what: str) -> torch.Tensor:
     return torch.stack(vectors)
 
 
-def _load_features(source: str | os.PathLike | dict, id_key: str, what: str) -> tuple[list[str], torch.Tensor, dict]:
-    path = Path("<memory>") if isinstance(source, dict) else Path(source)
+def load_features(source: str | os.PathLike | dict, id_key: str, what: str, *,
+                  where: str | os.PathLike | None = None) -> tuple[list[str], torch.Tensor, dict]:
+    """``(ids, float32 data, the whole object)`` of a DNABERT-S or protein feature file (or its dict).
+
+    FeatureFileError naming the file (``where`` names a dict's file) when it is unreadable,
+    malformed or damaged (its :data:`CHECKSUM_KEY`, when it records one, does not match its content).
+    """
+    path = Path(where if where is not None else "<memory>") if isinstance(source, dict) else Path(source)
     obj = source if isinstance(source, dict) else load_feature_object(path, what)
     if not isinstance(obj, dict) or id_key not in obj or "data" not in obj:
         raise FeatureFileError(f"{path}: not a {what} (expected keys '{id_key}' and 'data')")
@@ -96,163 +117,53 @@ def _load_features(source: str | os.PathLike | dict, id_key: str, what: str) -> 
         raise FeatureFileError(f"{path}: {what} has {len(ids)} ids but {data.shape[0]} rows")
     if len(set(ids)) != len(ids):
         raise FeatureFileError(f"{path}: {what} has duplicate ids")
+    check_content(path, obj, ids, data)
     return ids, data, obj
 
 
 def load_dna_features(source: str | os.PathLike | dict) -> tuple[list[str], torch.Tensor]:
     """Read a DNABERT-S feature file (new tensor format or the original list of dicts)."""
-    ids, data, _ = _load_features(source, "nucleotide", "DNABERT-S feature file")
+    ids, data, _ = load_features(source, DNA_IDS_KEY, DNA_WHAT)
     return ids, data
 
 
 def load_protein_features(source: str | os.PathLike | dict) -> tuple[list[str], torch.Tensor]:
     """Read a protein feature file (new tensor format or the original list of tensors)."""
-    ids, data, _ = _load_features(source, "proteins", "protein feature file")
+    ids, data, _ = load_features(source, PROTEIN_IDS_KEY, PROTEIN_WHAT)
     return ids, data
 
 
-def _fasta_ids_and_seqs(path: str | os.PathLike, alphabet: str) -> tuple[list[str], list[str]]:
-    ids, seqs = [], []
-    for record in read_fasta(path, alphabet=alphabet, allow_empty=True):
-        ids.append(record.id)
-        seqs.append(record.seq)
-    return ids, seqs
+def feature_object(id_key: str, ids: Sequence[str], data: torch.Tensor, *, model: str, revision: str | None,
+                   loader: str) -> dict[str, Any]:
+    """The dict of a DNABERT-S (``id_key`` ``nucleotide``) or protein (``proteins``) feature file."""
+    return {id_key: list(ids), "data": data, "model": model, "model_revision": revision, LOADER_KEY: loader,
+            VERSION_KEY: __version__, CHECKSUM_KEY: content_sha256(ids, data)}
 
 
-def _reusable(out_file: str | os.PathLike | None, id_key: str, ids: list[str], model_name: str,
-              revision: str | None) -> torch.Tensor | None:
-    """Return the data of ``out_file`` if it holds features of ``model_name`` at ``revision`` for exactly ``ids``."""
-    if out_file is None or not Path(out_file).is_file():
-        return None
-    try:
-        stored_ids, data, obj = _load_features(out_file, id_key, "feature file")
-    except FeatureFileError as exc:
-        log.warning("recomputing %s: %s", out_file, exc)
-        return None
-    if obj.get("model") != model_name or stored_ids != ids or not torch.isfinite(data).all():
-        log.info("recomputing %s: made by another model or for other sequences", out_file)
-        return None
-    if obj.get("model_revision") != revision:
-        log.info("recomputing %s: made by another revision of %s (%s, now %s)", out_file, model_name,
-                 obj.get("model_revision") or "unrecorded", revision)
-        return None
-    return data
+# ---------------------------------------------------------------------------
+# Content checksums
+# ---------------------------------------------------------------------------
 
 
-def _model_identity(model_loaded: bool, model: Any, location: str, revision: str | None,
-                    kind: str) -> tuple[str, str | None]:
-    """The (name, resolved revision) that feature files record for the model about to be used."""
-    if model_loaded:
-        return model_name_of(model, location), revision_of_loaded(model, location)
-    return str(location), resolve_model_revision(location, revision, kind=kind)
+def content_sha256(ids: Sequence[str] | None, data: torch.Tensor) -> str:
+    """SHA-256 over the ids (as JSON), the shape and the float32 bytes of ``data``."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([str(i) for i in ids] if ids is not None else None).encode("ascii"))
+    matrix = data.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    digest.update(f"\n{tuple(matrix.shape)}\n".encode("ascii"))
+    digest.update(matrix.reshape(-1).numpy().view("uint8"))
+    return digest.hexdigest()
 
 
-def extract_DNABERT_S(input_file: str | os.PathLike, out_file: str | os.PathLike | None,
-                      model_loaded: bool = False, tokenizer: Any = None, model: Any = None, *,
-                      model_location: str = DNABERT_S_MODEL, device: str | torch.device | None = "auto",
-                      batch_tokens: int | None = DEFAULT_BATCH_TOKENS, progress: bool = True,
-                      model_revision: str | None = None, precision: str | None = None) -> tuple[list[str], torch.Tensor]:
-    """Embed every sequence of a nucleotide FASTA with DNABERT-S; save and return ``(ids, data)``.
-
-    With ``model_loaded=True`` the given ``model``/``tokenizer`` are used as they are
-    (on the device they sit on); ``model_revision`` pins a hub revision otherwise.
-    ``out_file`` is written as ``{'nucleotide': ids, 'data': tensor(N, 768), 'model': ...,
-    'model_revision': ...}``.
-    """
-    ids, seqs = _fasta_ids_and_seqs(input_file, "dna")
-    name, revision = _model_identity(model_loaded, model, model_location, model_revision, "DNA")
-    reused = _reusable(out_file, "nucleotide", ids, name, revision)
-    if reused is not None:
-        return ids, reused
-    if model_loaded:
-        if model is None or tokenizer is None:
-            raise ValueError("model_loaded=True needs both model and tokenizer")
-        loaded = wrap_loaded_model(model, tokenizer, model_location)
-    else:
-        loaded = load_dnabert_model(model_location, device, revision=model_revision, precision=precision)
-    data = embed_dna(seqs, loaded, batch_tokens=batch_tokens, progress=progress)
-    if out_file is not None:
-        atomic_torch_save({"nucleotide": ids, "data": data, "model": loaded.name,
-                           "model_revision": loaded.revision, LOADER_KEY: loaded.loader, VERSION_KEY: __version__},
-                          out_file)
-    return ids, data
-
-
-def extract_esm(fasta_file: str | os.PathLike, model_location: str = FASTESM_MODEL,
-                truncation_seq_length: int = TRUNCATION_SEQ_LENGTH, toks_per_batch: int = DEFAULT_BATCH_TOKENS,
-                out_file: str | os.PathLike | None = None, model_loaded: bool = False, model: Any = None,
-                alphabet: Any = None, *, device: str | torch.device | None = "auto",
-                fp16: bool | None = None, progress: bool = True,
-                model_revision: str | None = None, precision: str | None = None,
-                loader: str | None = None) -> tuple[list[str], torch.Tensor]:
-    """Embed every protein of a FASTA file with FastESM2 (or an ESM-2); save and return ``(proteins, data)``.
-
-    ``alphabet`` is the tokenizer when ``model_loaded`` (the original passed the ESM
-    alphabet there); when it is None, ``model.tokenizer`` is used.  The model is used as
-    passed, never reloaded.  An existing ``out_file`` is reused only when it holds
-    features of the same model at the same revision for exactly the same ids (``model_revision``
-    pins a hub revision).  ``data`` is float32 (N, D).
-    """
-    ids, seqs = _fasta_ids_and_seqs(fasta_file, "protein")
-    name, revision = _model_identity(model_loaded, model, model_location, model_revision, "protein")
-    reused = _reusable(out_file, "proteins", ids, name, revision)
-    if reused is not None:
-        return ids, reused
-    if model_loaded:
-        tokenizer = alphabet if alphabet is not None else getattr(model, "tokenizer", None)
-        if model is None or tokenizer is None:
-            raise ValueError("model_loaded=True needs a model and a tokenizer (alphabet or model.tokenizer)")
-        loaded = wrap_loaded_model(model, tokenizer, name)
-    else:
-        loaded = load_protein_model(model_location, device, fp16, revision=model_revision, precision=precision,
-                                    loader=loader)
-    log.info("read %s with %d sequences", fasta_file, len(ids))
-    data = embed_proteins(seqs, loaded, truncation_seq_length=truncation_seq_length,
-                          batch_tokens=toks_per_batch, ids=ids, progress=progress)
-    if out_file is not None:
-        atomic_torch_save({"proteins": ids, "data": data, "model": loaded.name,
-                           "model_revision": loaded.revision, LOADER_KEY: loaded.loader, VERSION_KEY: __version__},
-                          out_file)
-    return ids, data
-
-
-def merge_data(DNABERT_S_data: str | os.PathLike | dict, ESM_data: str | os.PathLike | dict,
-               merged_file: str | os.PathLike | None, data_type: str | None = None, *,
-               dna_model: str | None = None, protein_model: str | None = None) -> dict[str, Any]:
-    """Concatenate DNA and protein vectors of the ids present in both; save and return the dict.
-
-    Output: ``{'ids', 'data': tensor(N, dna_dim + protein_dim), 'dna_dim', 'protein_dim'}``
-    plus ``'labels': [1]`` for ``viral`` or ``[0]`` for ``host``, the two models'
-    revisions when the feature files record them (and the model names when given).
-    ``ids`` are exactly the rows kept, in DNA-file order.
-    """
-    if data_type not in (None, "viral", "host"):
-        raise ValueError(f"data_type must be None, 'viral' or 'host', got {data_type!r}")
-    dna_ids, dna, dna_obj = _load_features(DNABERT_S_data, "nucleotide", "DNABERT-S feature file")
-    protein_ids, protein, protein_obj = _load_features(ESM_data, "proteins", "protein feature file")
-    protein_row = {pid: row for row, pid in enumerate(protein_ids)}
-    keep = [(row, protein_row[i]) for row, i in enumerate(dna_ids) if i in protein_row]
-    missing = len(dna_ids) - len(keep)
-    where = f"{DNABERT_S_data if not isinstance(DNABERT_S_data, dict) else '<DNA features>'} + " \
-            f"{ESM_data if not isinstance(ESM_data, dict) else '<protein features>'}"
-    if not keep:
-        raise FeatureFileError(f"{where}: no id is present in both feature files "
-                               f"({len(dna_ids)} DNA ids, {len(protein_ids)} protein ids)")
-    if missing:
-        log.warning("%s: %d of %d DNA ids have no protein vector and are left out", where, missing, len(dna_ids))
-    dna_rows = torch.tensor([r for r, _ in keep])
-    protein_rows = torch.tensor([p for _, p in keep])
-    revisions = {REVISION_KEYS[kind]: str(obj["model_revision"])
-                 for kind, obj in (("dna", dna_obj), ("protein", protein_obj)) if obj.get("model_revision")}
-    revisions.update({LOADER_KEYS[kind]: str(obj[LOADER_KEY])  # information: how each file's model was loaded
-                      for kind, obj in (("dna", dna_obj), ("protein", protein_obj)) if obj.get(LOADER_KEY)})
-    merged = merged_object([dna_ids[r] for r, _ in keep], torch.cat((dna[dna_rows], protein[protein_rows]), dim=1),
-                           int(dna.shape[1]), int(protein.shape[1]),
-                           labels=None if data_type is None else [1 if data_type == "viral" else 0],
-                           dna_model=dna_model, protein_model=protein_model, revisions=revisions)
-    if merged_file is not None:
-        atomic_torch_save(merged, merged_file)
-    return merged
+def check_content(path: str | os.PathLike, obj: dict, ids: Sequence[str] | None, data: torch.Tensor) -> bool:
+    """True when ``obj`` records a checksum that matches ``ids`` and ``data``; False when it records none
+    (it cannot be checked); FeatureFileError ``<path>: damaged (checksum mismatch)`` otherwise."""
+    recorded = obj.get(CHECKSUM_KEY)
+    if recorded is None:
+        return False
+    if recorded != content_sha256(ids, data):
+        raise FeatureFileError(f"{path}: {DAMAGED}")
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -277,6 +188,7 @@ def merged_object(ids: list[str], data: torch.Tensor, dna_dim: int, protein_dim:
         merged["protein_model"] = str(protein_model)
     merged.update(revisions or {})
     merged[VERSION_KEY] = __version__
+    merged[CHECKSUM_KEY] = content_sha256(merged["ids"], data)
     return merged
 
 
@@ -357,7 +269,8 @@ def _merged_labels(path: Path, labels: Any, rows: int) -> list[int] | None:
 
 
 def read_merged_file(path: str | os.PathLike, *, mmap: bool = True) -> MergedFile:
-    """Read and validate a merged feature file (data matrix, ids, widths, labels), or FeatureFileError."""
+    """Read and validate a merged feature file (data matrix, ids, widths, labels, its checksum when it
+    records one), or FeatureFileError naming the file."""
     path = Path(path)
     obj = load_feature_object(path, MERGED_WHAT, mmap=mmap)
     if not isinstance(obj, dict) or "data" not in obj:
@@ -371,6 +284,7 @@ def read_merged_file(path: str | os.PathLike, *, mmap: bool = True) -> MergedFil
             raise FeatureFileError(f"{path}: 'ids' ({count}) does not list the {rows} rows of 'data'")
         ids = [str(i) for i in ids]
     dna_dim, protein_dim = _merged_dims(path, obj, rows, width)
+    check_content(path, obj, ids, data)
     names = {key: (None if obj.get(key) is None else str(obj[key])) for key in MERGED_NAME_KEYS}
     return MergedFile(path, ids, data, dna_dim, protein_dim, _merged_labels(path, obj.get("labels"), rows),
                       **names)

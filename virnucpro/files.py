@@ -137,11 +137,13 @@ def require_writable_dir(directory: Path, what: str) -> None:
 
 
 def remove_temp_files(folder: Path, name_glob: str = "*") -> int:
-    """Remove the temporary files :func:`atomic_write` left in ``folder`` (a killed run); returns the count."""
+    """Remove the temporary files :func:`atomic_write` left in ``folder`` (a killed run); returns the count.
+
+    Only regular files: a link of such a name is left alone."""
     removed = 0
     if folder.is_dir():
         for stale in folder.glob(f".{name_glob}.*{TEMP_SUFFIX}"):
-            if stale.is_file():
+            if stale.is_file() and not stale.is_symlink():
                 stale.unlink()
                 removed += 1
     return removed

@@ -3,7 +3,10 @@
 Rows of the folder named like :data:`virnucpro.outputs.VIRAL_MERGED_DIR_NAME` are
 viral (label 1), rows of every other sub-folder host (label 0).  Every file must
 have the same width and record the same models; the rows of all files are copied
-into one float32 tensor.  The hold-out split keeps every frame and chunk of one
+into one float32 tensor.  Files that say their DNA revision is unrecorded (made from DNABERT-S
+features of the original pipeline) may be used with files that record one: one warning, and
+the checkpoint then records no DNA model revision.  A file whose checksum does not match its
+content is refused.  The hold-out split keeps every frame and chunk of one
 source sequence on one side (``sequence``) or is the original per-row split
 (``record``).
 """
@@ -21,10 +24,11 @@ from tqdm.auto import tqdm
 
 from .defaults import VIRUS_CLASS
 from .errors import FeatureFileError, InputError
-from .features import MERGED_NAME_KEYS, MergedFile, read_merged_file, require_finite
+from .features import MERGED_NAME_KEYS, MODEL_KEYS, UNRECORDED_REVISION, MergedFile, read_merged_file, require_finite
 from .files import require_dir
 from .ids import source_sequence_id
 from .outputs import VIRAL_MERGED_DIR_NAME
+from .provenance import REVISION_KEYS, short
 
 log = logging.getLogger("virnucpro.train")
 
@@ -105,6 +109,8 @@ class FileAgreement:
     dims: tuple[int, int] | None = None
     dims_file: Path | None = None
     names: dict[str, tuple[str, Path]] = field(default_factory=dict)
+    #: revision key -> (files that say their revision is unrecorded, the first of them)
+    unrecorded: dict[str, tuple[int, Path]] = field(default_factory=dict)
 
     def check(self, merged: MergedFile) -> None:
         """FeatureFileError when ``merged`` disagrees with the files checked before it."""
@@ -126,6 +132,10 @@ class FileAgreement:
             value = getattr(merged, key)
             if value is None:
                 continue
+            if value == UNRECORDED_REVISION and key in REVISION_KEYS.values():  # see note_unrecorded
+                count, first = self.unrecorded.get(key, (0, path))
+                self.unrecorded[key] = (count + 1, first)
+                continue
             if key in self.names and self.names[key][0] != value:
                 raise FeatureFileError(f"{path}: made with {key} '{value}' but {self.names[key][1]} with "
                                        f"'{self.names[key][0]}'; features of different models cannot be mixed")
@@ -145,7 +155,28 @@ class FileAgreement:
         return LEGACY_DNA_DIM, self.width - LEGACY_DNA_DIM
 
     def model_name(self, key: str) -> str | None:
+        """What the files that record ``key`` agree on; None when none does, or some say the revision is
+        unrecorded."""
+        if key in self.unrecorded:
+            return None  # a checkpoint records no revision it cannot vouch for
         return self.names[key][0] if key in self.names else None
+
+    def note_unrecorded(self) -> None:
+        """One line for each revision that some files say is unrecorded (DNA features of the original
+        pipeline): a warning when other files record one (they are used together), else information."""
+        for kind, key in REVISION_KEYS.items():
+            if key not in self.unrecorded:
+                continue
+            count, first = self.unrecorded[key]
+            part, model = ("DNA" if kind == "dna" else kind), self.model_name(MODEL_KEYS[kind]) or "its model"
+            if key in self.names:
+                log.warning("%d merged file(s) (e.g. %s) hold %s features of %s at an unrecorded revision (the "
+                            "original pipeline's), the others at %s (%s): used together as the same weights; the "
+                            "checkpoint records no %s model revision", count, first, part, model,
+                            short(self.names[key][0]), self.names[key][1], part)
+            else:
+                log.info("the %s features are of %s at an unrecorded revision (the original pipeline's); the "
+                         "checkpoint records no %s model revision", part, model, part)
 
 
 def read_files(files: list[tuple[Path, int]], viral_dir: str, need_ids: bool,
@@ -224,6 +255,7 @@ def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, ne
     files = find_merged_files(data_dir, viral_dir)
     blocks, agreement = read_files(files, viral_dir, need_ids, progress)
     check_both_classes(blocks, data_dir, viral_dir)
+    agreement.note_unrecorded()
     dna_dim, protein_dim = agreement.part_widths()
     assert agreement.width is not None
     features, labels = stack_rows(blocks, agreement.width)
