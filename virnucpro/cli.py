@@ -19,6 +19,7 @@ from .defaults import (CUDA_BATCH_TOKENS, CUDA_DNA_PRECISION, CUDA_PROTEIN_PRECI
                        DNA_PRECISIONS, DNABERT_S_MODEL, ESM_LOADERS, FASTESM_MODEL,
                        PROTEIN_PRECISIONS)
 from .errors import DataSourceError, RunFailedError, VirNucProError
+from .files import DISK_FULL_ERRNOS
 
 log = logging.getLogger("virnucpro")
 
@@ -143,6 +144,11 @@ def run_cli(prog: str, body: Callable[[], int | None], interrupted_hint: str = "
         interrupt = _interrupt_behind(exc)
         if interrupt is not None:  # a signal raised inside code that wrapped it (e.g. an import)
             return _interrupted(prog, interrupt, interrupted_hint)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:  # no bug: one line, as RunFailedError
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            print(f"{prog}: error: no space left on the device{where} ({exc.strerror}); free some space and "
+                  "rerun", file=sys.stderr)
+            return EXIT_FAILURE
         log.exception("%s: unexpected failure", prog)
         return EXIT_FAILURE
 
