@@ -95,7 +95,7 @@ def test_genbank_without_translations_is_refused(train_dir, capsys):
     (train_dir / VIRAL_GBFF).write_bytes(gzip.compress(stripped.encode()))
     assert run(train_dir) == 2
     line = one_error_line(capsys)
-    assert VIRAL_GBFF in line and "translation" in line
+    assert VIRAL_GBFF in line and "GenBank record(s) has a CDS /translation" in line
     assert not (train_dir / OUTPUT_NAMES[0]).exists()
 
 
