@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from virnucpro import cli, ids, outputs
 from virnucpro.errors import InputError
 from virnucpro.fasta import NUCLEOTIDE_LETTERS, read_fasta, shown_text
-from virnucpro.files import atomic_write, open_text, require_dir, require_writable_dir
+from virnucpro.files import TEXT_ENCODING, TEXT_ERRORS, atomic_write, open_text, require_dir, require_writable_dir
 from virnucpro.frames import chunk_sequence, create_refseq_pro_list, identify_seq
 
 log = logging.getLogger("virnucpro.make_train_dataset")
@@ -58,6 +58,7 @@ GENBANK_SNIFF_LINES = 100
 #: The letters of the outputs: kept frames hold no ambiguous base and no stop codon.
 OUTPUT_DNA_BYTES = "".join(sorted(NUCLEOTIDE_LETTERS)).encode()
 OUTPUT_PROTEIN_BYTES = b"ACDEFGHIKLMNPQRSTVWY"
+NOT_MADE = "not made yet"  # what pair_problem says of a genome with neither output
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def _record_problem(path: Path, header: bytes, seq: bytes, letters: bytes) -> st
     if not header.startswith(b">") or len(header) < 3 or not header.endswith(b"\n"):
         return f"{path}: a header line is not '>ID'"
     if not seq.endswith(b"\n") or len(seq) < 2 or seq[:-1].translate(None, letters):
-        record = shown_text(header[1:].strip().decode("utf-8", "surrogateescape"))
+        record = shown_text(header[1:].strip().decode(TEXT_ENCODING, TEXT_ERRORS))
         return f"{path}: record '{record}' has no sequence line of the expected letters (truncated?)"
     return None
 
@@ -201,7 +202,7 @@ def pair_problem(job: Job) -> str | None:
     """Why an existing output pair cannot be kept (None: both well formed and matching)."""
     present = [path.is_file() for path in job.outputs]
     if not any(present):
-        return "not made yet"
+        return NOT_MADE
     if not all(present):
         missing = job.outputs[present.index(False)]
         return f"{missing} is missing"
@@ -231,7 +232,7 @@ def needs_making(job: Job, force: bool) -> bool:
         log.info("%s and %s exist and are well formed; skipped (use --force to remake them)",
                  job.nucleotide_out, job.protein_out)
         return False
-    if problem != "not made yet":
+    if problem != NOT_MADE:
         log.warning("%s: the existing outputs are not kept (%s); remaking them", job.fna, problem)
     return True
 
