@@ -13,13 +13,15 @@ ESM2-3B).  Predict with it through this project's pipeline:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from virnucpro import cli
 from virnucpro.defaults import DNABERT_S_DIM, DNABERT_S_MODEL, ESM2_3B_MODEL
-from virnucpro.errors import InputError
+from virnucpro.errors import CheckpointError, InputError
+from virnucpro.files import require_file, require_writable_dir
 
 log = logging.getLogger("virnucpro.convert")
 
@@ -49,14 +51,23 @@ def build_parser() -> cli.CliArgumentParser:
     return parser
 
 
+def check_paths(source: Path, target: Path, force: bool) -> None:
+    """InputError (one line) for every problem of SOURCE and TARGET that shows before SOURCE is read."""
+    require_file(source, "model file", CheckpointError)
+    if target.resolve() == source.resolve() or (target.exists() and os.path.samefile(target, source)):
+        raise InputError(f"{target}: TARGET must differ from SOURCE")
+    if target.is_dir():
+        raise InputError(f"{target}: is a directory (TARGET needs a file name)")
+    if target.exists() and not force:
+        raise InputError(f"{target}: exists already (use --force to overwrite)")
+    require_writable_dir(target.parent, "the folder of TARGET")
+
+
 def convert(args) -> int:
     """Read ``args.source`` safely and write ``args.target``."""
+    check_paths(args.source, args.target, args.force)
     from virnucpro.legacy import convert_legacy_checkpoint
 
-    if args.target.exists() and not args.force:
-        raise InputError(f"{args.target}: exists already (use --force to overwrite)")
-    if args.target.resolve() == args.source.resolve():
-        raise InputError(f"{args.target}: TARGET must differ from SOURCE")
     checkpoint = convert_legacy_checkpoint(args.source, args.target, chunk_size=args.chunk_size,
                                            protein_model=args.protein_model, dna_model=args.dna_model,
                                            dna_dim=args.dna_dim)

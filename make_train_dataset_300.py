@@ -10,26 +10,39 @@ translated in six frames, and the stop-free frames found in an annotated CDS
 translation of the same accession are written to ``X.identified_nucleotide.fa``
 and ``X.identified_protein.fa`` next to the genome (X = the name before
 ``.genomic.fna.gz``), one line per sequence.  The gzip files are streamed: no
-unzipped copies are made.  A genome whose two outputs exist is skipped unless
-``--force``.
+unzipped copies are made.
+
+Before any genome is processed, every GenBank file must start like one (a ``LOCUS``
+line) and every genome FASTA must hold DNA, and every output place must be a
+writable folder: otherwise one line naming the file, exit code 2.  A genome that
+yields no frame (none of its records is annotated, or no frame matches a CDS
+translation), or a GenBank file with no record or no CDS translation, is an error
+too, and nothing is left at its output names.  Both outputs are written under
+temporary names and renamed when the genome is finished.  An existing pair is
+skipped (unless ``--force``) only after it is checked: both non-empty, one line per
+sequence, DNA and amino-acid letters, the same ids in the same order; a pair that
+fails the check (empty, truncated, or one file missing) is remade.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import itertools
 import logging
+import stat
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
 from virnucpro import cli, ids, outputs
 from virnucpro.errors import InputError
-from virnucpro.fasta import read_fasta
-from virnucpro.files import atomic_write, require_dir
+from virnucpro.fasta import NUCLEOTIDE_LETTERS, read_fasta, shown_text
+from virnucpro.files import TEXT_ENCODING, TEXT_ERRORS, atomic_write, open_text, require_dir, require_writable_dir
 from virnucpro.frames import chunk_sequence, create_refseq_pro_list, identify_seq
 
 log = logging.getLogger("virnucpro.make_train_dataset")
@@ -39,6 +52,13 @@ GBFF_SUFFIX = "genomic.gbff.gz"
 FNA_SUFFIX = "genomic.fna.gz"
 NUCLEOTIDE_SUFFIX = outputs.IDENTIFIED_NUCLEOTIDE_SUFFIX
 PROTEIN_SUFFIX = outputs.IDENTIFIED_PROTEIN_SUFFIX
+#: A GenBank flat file has a ``LOCUS`` line among its first lines (RefSeq files start with one).
+GENBANK_START = "LOCUS"
+GENBANK_SNIFF_LINES = 100
+#: The letters of the outputs: kept frames hold no ambiguous base and no stop codon.
+OUTPUT_DNA_BYTES = "".join(sorted(NUCLEOTIDE_LETTERS)).encode()
+OUTPUT_PROTEIN_BYTES = b"ACDEFGHIKLMNPQRSTVWY"
+NOT_MADE = "not made yet"  # what pair_problem says of a genome with neither output
 
 
 @dataclass(frozen=True)
@@ -62,8 +82,9 @@ class Job:
     def protein_out(self) -> Path:
         return self.fna.with_name(self.prefix + PROTEIN_SUFFIX)
 
-    def done(self) -> bool:
-        return self.nucleotide_out.is_file() and self.protein_out.is_file()
+    @property
+    def outputs(self) -> tuple[Path, Path]:
+        return self.nucleotide_out, self.protein_out
 
 
 def build_parser(prog: str, default_chunk_size: int) -> cli.CliArgumentParser:
@@ -80,7 +101,8 @@ def build_parser(prog: str, default_chunk_size: int) -> cli.CliArgumentParser:
     parser.add_argument("--workers", type=cli.positive_int, default=1,
                         help="genome files processed in parallel (output is the same for any value)")
     parser.add_argument("--force", action="store_true",
-                        help="remake outputs that already exist (without it, a genome whose two outputs exist is skipped)")
+                        help="remake outputs that already exist (without it, a genome whose two outputs exist and "
+                             "pass the check is skipped)")
     return parser
 
 
@@ -118,24 +140,145 @@ def find_jobs(data_dir: Path, chunk_size: int) -> list[Job]:
     return jobs
 
 
+def check_output_places(jobs: Sequence[Job]) -> None:
+    """InputError unless every output name is free or a regular file (or link) in a writable folder."""
+    for folder in sorted({job.fna.parent for job in jobs}):
+        require_writable_dir(folder, "the genome folder (outputs are written beside the genomes)")
+    for job in jobs:
+        for path in job.outputs:
+            try:
+                mode = path.lstat().st_mode
+            except FileNotFoundError:
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                raise InputError(f"{path}: exists and is not a regular file; remove it (an output of {job.fna})")
+
+
+def check_genbank_start(gbff: Path) -> None:
+    """InputError unless ``gbff`` (plain or gzip) has a ``LOCUS`` line among its first lines."""
+    try:
+        with open_text(gbff) as handle:
+            lines = [line for line in itertools.islice(handle, GENBANK_SNIFF_LINES) if line.strip()]
+    except (EOFError, OSError, ValueError) as exc:
+        raise InputError(f"{gbff}: cannot read GenBank file ({exc})") from None
+    if any(line.startswith(GENBANK_START) for line in lines):
+        return
+    looks = " (it looks like FASTA)" if lines and lines[0].startswith(">") else ""
+    raise InputError(f"{gbff}: not a GenBank flat file{looks}: no {GENBANK_START} line in its first "
+                     f"{GENBANK_SNIFF_LINES} lines")
+
+
+def check_genome_start(fna: Path) -> None:
+    """InputError (naming the file and record) unless the first record of ``fna`` is DNA."""
+    with contextlib.closing(read_fasta(fna, alphabet="dna", check_duplicates=False)) as records:
+        next(records)
+
+
+def check_inputs(jobs: Sequence[Job]) -> None:
+    """The cheap checks of every input to be processed, before any genome is processed."""
+    for gbff in sorted({job.gbff for job in jobs}):
+        check_genbank_start(gbff)
+    for job in jobs:
+        check_genome_start(job.fna)
+
+
+def _pair_lines(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    """(header, sequence) line pairs of an output file, which holds one line per sequence."""
+    with open(path, "rb") as handle:
+        while header := handle.readline():
+            yield header, handle.readline()
+
+
+def _record_problem(path: Path, header: bytes, seq: bytes, letters: bytes) -> str | None:
+    if not header.startswith(b">") or len(header) < 3 or not header.endswith(b"\n"):
+        return f"{path}: a header line is not '>ID'"
+    if not seq.endswith(b"\n") or len(seq) < 2 or seq[:-1].translate(None, letters):
+        record = shown_text(header[1:].strip().decode(TEXT_ENCODING, TEXT_ERRORS))
+        return f"{path}: record '{record}' has no sequence line of the expected letters (truncated?)"
+    return None
+
+
+def pair_problem(job: Job) -> str | None:
+    """Why an existing output pair cannot be kept (None: both well formed and matching)."""
+    present = [path.is_file() for path in job.outputs]
+    if not any(present):
+        return NOT_MADE
+    if not all(present):
+        missing = job.outputs[present.index(False)]
+        return f"{missing} is missing"
+    records = 0
+    try:
+        for dna, protein in itertools.zip_longest(_pair_lines(job.nucleotide_out), _pair_lines(job.protein_out)):
+            if dna is None or protein is None:
+                return f"{job.nucleotide_out} and {job.protein_out} hold different numbers of records"
+            problem = (_record_problem(job.nucleotide_out, *dna, OUTPUT_DNA_BYTES)
+                       or _record_problem(job.protein_out, *protein, OUTPUT_PROTEIN_BYTES))
+            if problem:
+                return problem
+            if dna[0] != protein[0]:
+                return f"{job.nucleotide_out} and {job.protein_out} differ at record {records + 1}"
+            records += 1
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+    return None if records else f"{job.nucleotide_out} is empty"
+
+
+def needs_making(job: Job, force: bool) -> bool:
+    """False when the genome's existing outputs pass :func:`pair_problem` (and not ``force``)."""
+    if force:
+        return True
+    problem = pair_problem(job)
+    if problem is None:
+        log.info("%s and %s exist and are well formed; skipped (use --force to remake them)",
+                 job.nucleotide_out, job.protein_out)
+        return False
+    if problem != NOT_MADE:
+        log.warning("%s: the existing outputs are not kept (%s); remaking them", job.fna, problem)
+    return True
+
+
 @functools.lru_cache(maxsize=1)
 def cds_translations(gbff: Path) -> dict[str, list[str]]:
     """The CDS translations of a GenBank file, cached for the genomes that share it."""
     log.info("reading CDS translations of %s", gbff)
     try:
-        return create_refseq_pro_list(gbff)
-    except (EOFError, OSError, ValueError) as exc:
+        refseq = create_refseq_pro_list(gbff)
+    except (EOFError, OSError) as exc:
         raise InputError(f"{gbff}: cannot read GenBank file ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - Biopython's parser reports malformed records as any exception
+        raise InputError(f"{gbff}: malformed GenBank file ({type(exc).__name__}: "
+                         f"{str(exc).strip()[:200] or 'parser failed'})") from None
+    if not refseq:
+        raise InputError(f"{gbff}: no GenBank record found (not a GenBank flat file?)")
+    if not any(protein for proteins in refseq.values() for protein in proteins):
+        raise InputError(f"{gbff}: none of its {len(refseq)} GenBank record(s) has a CDS /translation, "
+                         "so no frame can be selected")
+    return refseq
+
+
+def no_frames_error(job: Job, records: int, annotated: int, chunks: int, first_id: str) -> InputError:
+    """The error of a genome that yielded no frame: which of its records were annotated."""
+    if not annotated:
+        return InputError(f"{job.fna}: none of its {records} record(s) is annotated in {job.gbff} (first record "
+                          f"'{shown_text(first_id)}'); nothing written. Is it paired with the right GenBank file?")
+    return InputError(f"{job.fna}: no frame of its {chunks} chunk(s) of {job.chunk_size} bp ({annotated} of "
+                      f"{records} record(s) annotated) matches a CDS translation in {job.gbff}; nothing written")
 
 
 def process_job(job: Job, progress: bool = False) -> tuple[Path, int]:
     """Write the identified nucleotide and protein files of one genome; return (genome, frames)."""
     refseq = cds_translations(job.gbff)
-    frames = 0
-    records = read_fasta(job.fna, alphabet=None, check_duplicates=False)
+    frames = records = annotated = chunks = 0
+    first_id = ""
+    reader = read_fasta(job.fna, alphabet="dna", check_duplicates=False)
+    # Both outputs are renamed into place only when the genome is done (and only when it gave frames).
     with atomic_write(job.nucleotide_out) as dna_out, atomic_write(job.protein_out) as protein_out:
-        for record in tqdm(records, desc=job.fna.name, unit="record", disable=not progress, leave=False):
+        for record in tqdm(reader, desc=job.fna.name, unit="record", disable=not progress, leave=False):
+            records += 1
+            first_id = first_id or record.id
+            annotated += ids.training_accession(ids.chunk_id(record.id, 1)) in refseq
             for index, chunk in enumerate(chunk_sequence(record.seq, job.chunk_size), start=1):
+                chunks += 1
                 chunk_id = ids.chunk_id(record.id, index)
                 accession = ids.training_accession(chunk_id)
                 selected = identify_seq(chunk_id, chunk.upper(), refseq.get(accession, []),
@@ -146,20 +289,19 @@ def process_job(job: Job, progress: bool = False) -> tuple[Path, int]:
                     dna_out.write(f">{item['seqid']}\n{item['nucleotide']}\n")
                     protein_out.write(f">{item['seqid']}\n{item['protein']}\n")
                     frames += 1
+        if not frames:
+            raise no_frames_error(job, records, annotated, chunks, first_id)
     return job.fna, frames
 
 
 def run(args: argparse.Namespace) -> int:
     jobs = find_jobs(args.data_dir, args.chunk_size)
-    todo = []
-    for job in jobs:
-        if job.done() and not args.force:
-            log.info("%s and %s exist; skipped (use --force to remake them)", job.nucleotide_out, job.protein_out)
-        else:
-            todo.append(job)
+    check_output_places(jobs)
+    todo = [job for job in jobs if needs_making(job, args.force)]
     if not todo:
         log.info("nothing to do: all %d genome file(s) are done", len(jobs))
         return cli.EXIT_OK
+    check_inputs(todo)
     progress = not args.quiet
     if args.workers == 1 or len(todo) == 1:
         for job in tqdm(todo, desc="genomes", unit="file", disable=not progress):

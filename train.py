@@ -15,13 +15,25 @@ with its metrics beside it in a JSON file.  Per-epoch lines are appended to
 ``MLP_log.txt`` as in the original.
 
 Two runs with the same data, options and seed on the CPU give identical weights.
+
+Before the data are read, the outputs are checked: each a file name in a writable
+folder (made if missing), no two the same file, none of them a training input (or a
+``*.pt`` in a data sub-folder, which the next run would read), the log no link or
+special file.  Before the rows are copied into memory, the model must fit in a
+checkpoint prediction.py loads and the rows in this machine's memory.  A WARNING
+reports a class imbalance beyond 1:10 (:data:`virnucpro.training_data.IMBALANCE_RATIO`),
+merged files with identical content, and row ids found in more than one file.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
+import os
+import shutil
+import stat
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +61,10 @@ DEFAULT_LOG = Path(outputs.TRAINING_LOG_NAME)
 NUM_CLASS = 2
 #: An interrupted run writes its best epoch so far beside --out: NAME.interrupted.pth.
 INTERRUPTED_INFIX = ".interrupted"
+#: Room kept on the checkpoint's disk beyond its weights (metrics, hold-out ids, the log).
+SAVE_MARGIN_BYTES = 16 << 20
+#: The seeds torch.manual_seed takes.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 # ---------------------------------------------------------------------------
@@ -72,6 +88,7 @@ positive_int = cli.positive_int
 non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 fraction = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
+seed_type = _number(int, lambda v: SEED_MIN <= v <= SEED_MAX, "an integer from -2**63 to 2**64-1")
 
 
 def batch_size_type(text: str) -> int:
@@ -102,7 +119,7 @@ def build_parser() -> cli.CliArgumentParser:
                            "'_chunk_') stay on the same side, the hold-out taken per class; 'record': "
                            "the original per-row random split (same rows as the original for the same "
                            "files and seed)")
-    data.add_argument("--seed", type=int, default=42,
+    data.add_argument("--seed", type=seed_type, default=42,
                       help="seed of the split, weight initialisation, shuffling and dropout")
 
     model = parser.add_argument_group("model and training")
@@ -150,20 +167,83 @@ def build_parser() -> cli.CliArgumentParser:
 # ---------------------------------------------------------------------------
 
 
-def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(checkpoint, metrics JSON), checked before any work (their folders must be writable)."""
+def _file_key(path: Path) -> tuple:
+    """What makes two names the same file: device and inode when it exists, else the resolved path."""
+    try:
+        found = path.stat()
+    except OSError:
+        return ("path", str(path.resolve()))
+    return ("inode", found.st_dev, found.st_ino)
+
+
+def check_log_file(path: Path) -> None:
+    """InputError unless ``path`` is absent or a writable regular file (never a link: the log is appended to)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise InputError(f"{path}: --log is a symbolic link; the log is not appended through a link "
+                         "(remove it or name another file)")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: --log exists and is not a regular file")
+    if not os.access(path, os.W_OK):
+        raise InputError(f"{path}: --log is not writable")
+
+
+def output_paths(args: argparse.Namespace, inputs: Sequence[Path] = ()) -> tuple[Path, Path]:
+    """(checkpoint, metrics JSON), checked before any work against each other and the ``inputs``.
+
+    Each output must be a file name in a writable folder (made if missing), no two the same
+    file, none a training input, none a ``*.pt`` in a sub-folder of --data-dir (the next run
+    would read it as training data); the log must be absent or a regular file.
+    """
     from virnucpro.files import require_writable_dir
 
     out_path: Path = args.out if args.out is not None else Path(outputs.checkpoint_name(args.chunk_size))
     metrics_path: Path = args.metrics_json if args.metrics_json is not None else out_path.with_suffix(".json")
-    for path, what in ((out_path, "--out"), (metrics_path, "--metrics-json"), (args.log, "--log")):
+    named = (("--out", out_path), ("--metrics-json", metrics_path), ("--log", args.log),
+             ("the hold-out ids file", outputs.holdout_ids_path(out_path)))
+    for what, path in named:
         if path.is_dir():
             raise InputError(f"{path}: is a directory ({what} needs a file name)")
-    if out_path.resolve() == metrics_path.resolve():
-        raise InputError(f"{out_path}: --metrics-json must differ from the checkpoint path")
-    for path, what in ((out_path, "--out"), (metrics_path, "--metrics-json"), (args.log, "--log")):
+    seen: dict[tuple, str] = {}
+    for what, path in named:
+        other = seen.setdefault(_file_key(path), what)
+        if other != what:
+            raise InputError(f"{path}: {what} and {other} name the same file; give them different names")
+    input_keys = {_file_key(path) for path in inputs}
+    data_dir = args.data_dir.resolve()
+    for what, path in named:
+        if _file_key(path) in input_keys:
+            raise InputError(f"{path}: {what} is one of the training inputs (a merged feature file); "
+                             "writing it would destroy the data")
+        if path.suffix == ".pt" and path.resolve().parent.parent == data_dir:
+            raise InputError(f"{path}: {what} is a *.pt file in a sub-folder of --data-dir, so the next run would "
+                             "read it as training data; write it elsewhere")
+    for what, path in named[:3]:
         require_writable_dir(path.parent, f"the folder of {what}")
+    check_log_file(args.log)
     return out_path, metrics_path
+
+
+def check_model_size(input_dim: int, hidden_dim: int, out_dir: Path) -> None:
+    """InputError when the MLP would not fit in a checkpoint prediction.py loads, or on ``out_dir``'s disk.
+
+    Checked before the model is built and trained, so a run never ends unable to save.
+    """
+    from virnucpro.classifier import MAX_CHECKPOINT_BYTES, expected_weight_shapes
+
+    weights = sum(math.prod(shape) for shape in expected_weight_shapes(input_dim, hidden_dim, NUM_CLASS).values())
+    size = 4 * weights  # float32
+    if size > MAX_CHECKPOINT_BYTES:
+        raise InputError(f"--hidden-dim {hidden_dim}: with {input_dim} input features the model holds {weights:,} "
+                         f"weights ({size / 2**30:.1f} GiB), more than a checkpoint may hold "
+                         f"({MAX_CHECKPOINT_BYTES >> 20} MiB); use a smaller --hidden-dim")
+    free = shutil.disk_usage(out_dir).free
+    if free < size + SAVE_MARGIN_BYTES:
+        raise InputError(f"{out_dir}: {free / 2**20:.1f} MiB free, the checkpoint needs about "
+                         f"{(size + SAVE_MARGIN_BYTES) / 2**20:.1f} MiB; free some space before training")
 
 
 def resolve_model_names(args: argparse.Namespace, data: TrainingData) -> tuple[str, str]:
@@ -181,7 +261,7 @@ def resolve_model_names(args: argparse.Namespace, data: TrainingData) -> tuple[s
 def describe_data(data: TrainingData, train_rows: np.ndarray, test_rows: np.ndarray, args: argparse.Namespace,
                   device: torch.device) -> dict[str, Any]:
     """Log the sizes of the data and the split; returns them for the report."""
-    from virnucpro.training_data import VIRAL_LABEL
+    from virnucpro.training_data import VIRAL_LABEL, warn_imbalance
 
     n_rows = int(data.labels.shape[0])
     n_viral = int((data.labels == VIRAL_LABEL).sum())
@@ -190,6 +270,7 @@ def describe_data(data: TrainingData, train_rows: np.ndarray, test_rows: np.ndar
              n_rows, n_viral, n_rows - n_viral, len(data.files), data.input_dim, data.dna_dim, data.protein_dim)
     log.info("hold-out: %d rows (%d viral, %d host), split by %s; training: %d rows; device %s",
              len(test_rows), test_viral, len(test_rows) - test_viral, args.split_by, len(train_rows), device)
+    warn_imbalance(n_viral, n_rows - n_viral)
     if test_viral in (0, len(test_rows)):
         log.warning("the hold-out holds only one class: AUROC is undefined (reported as nan)")
     return {"dir": str(args.data_dir), "files": len(data.files), "rows": n_rows, "viral_rows": n_viral,
@@ -261,12 +342,14 @@ def run(args: argparse.Namespace) -> int:
     from virnucpro.models import resolve_device
 
     progress = not args.quiet
-    out_path, metrics_path = output_paths(args)
+    files = training_data.find_merged_files(args.data_dir, args.viral_dir)
+    out_path, metrics_path = output_paths(args, [path for path, _ in files])
     device = resolve_device(args.device)
 
     training.seed_everything(args.seed)
     data = training_data.load_training_data(args.data_dir, args.viral_dir, need_ids=args.split_by == "sequence",
-                                            progress=progress)
+                                            progress=progress, files=files,
+                                            check_width=lambda width: check_model_size(width, args.hidden_dim, out_path.parent))
     names = resolve_model_names(args, data)
     train_rows, test_rows = training_data.make_split(data, args.split_by, args.test_fraction, args.seed)
     counts = describe_data(data, train_rows, test_rows, args, device)
@@ -276,8 +359,7 @@ def run(args: argparse.Namespace) -> int:
     loader = training.make_train_loader(data, train_rows, args.batch_size, args.seed, args.workers, device)
     schedule = training.Schedule(args.epochs, args.lr, args.momentum, args.lr_step, args.lr_gamma, args.patience)
 
-    args.log.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.log, "a", encoding="utf-8") as log_file:
+    with open_log(args.log) as log_file:
         def write_line(message: str) -> None:
             log_file.write(message + "\n")
             log_file.flush()
@@ -307,6 +389,16 @@ def run(args: argparse.Namespace) -> int:
                         args.chunk_size))
         raise fitted.interrupted
     return cli.EXIT_OK
+
+
+def open_log(path: Path) -> io.TextIOWrapper:
+    """The training log opened for appending, never through a link (one line, exit 2, if it cannot be)."""
+    from virnucpro.files import TEXT_ENCODING, open_for_append
+
+    try:
+        return io.TextIOWrapper(open_for_append(path), encoding=TEXT_ENCODING, newline="\n")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot append to --log ({exc.strerror or exc})") from None
 
 
 def interrupted_path(path: Path) -> Path:

@@ -47,11 +47,14 @@ def test_workers_give_the_same_output(train_dir: Path, golden_dir: Path) -> None
     assert_golden(train_dir, golden_dir)
 
 
+KEPT_PAIR = (">V_chunk_1F1\nATGAAATTT\n", ">V_chunk_1F1\nMKF\n")  # a well-formed pair: checked, then kept
+
+
 def test_existing_outputs_are_skipped_unless_forced(train_dir: Path, golden_dir: Path) -> None:
-    for name in OUTPUT_NAMES[:2]:
-        (train_dir / name).write_text("kept\n")
+    for name, text in zip(OUTPUT_NAMES[:2], KEPT_PAIR):
+        (train_dir / name).write_text(text)
     assert make_train_dataset_300.main(["--data-dir", str(train_dir), "-q"]) == 0
-    assert (train_dir / OUTPUT_NAMES[0]).read_text() == "kept\n"
+    assert (train_dir / OUTPUT_NAMES[0]).read_text() == KEPT_PAIR[0]
     assert (train_dir / OUTPUT_NAMES[2]).read_bytes() == \
         (golden_dir / "train_300" / OUTPUT_NAMES[2]).read_bytes()
     # only one of the pair present: remade

@@ -18,6 +18,7 @@ from .options import ModelOptions
 # The exit codes are re-exported here for the scripts (cli.EXIT_OK, ...).
 from .errors import EXIT_DATA_SOURCE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED  # noqa: F401
 from .errors import EXIT_USAGE, VirNucProError, exit_code_of
+from .files import DISK_FULL_ERRNOS
 
 log = logging.getLogger("virnucpro")
 
@@ -143,6 +144,11 @@ def run_cli(prog: str, body: Callable[[], int | None], interrupted_hint: str = "
         interrupt = _interrupt_behind(exc)
         if interrupt is not None:  # a signal raised inside code that wrapped it (e.g. an import)
             return _interrupted(prog, interrupt, interrupted_hint)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:  # no bug: one line, as RunFailedError
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            print(f"{prog}: error: no space left on the device{where} ({exc.strerror}); free some space and "
+                  "rerun", file=sys.stderr)
+            return EXIT_FAILURE
         log.exception("%s: unexpected failure", prog)
         return EXIT_FAILURE
 

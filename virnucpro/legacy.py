@@ -73,9 +73,12 @@ def read_legacy_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                           or "Trying" in line or "Can only" in line), first)[:200]
         raise CheckpointError(f"{path}: not an original VirNucPro model, refused without running any code "
                               f"in it ({first})") from None
+    if isinstance(root, dict) and "format_version" in root:
+        raise CheckpointError(f"{path}: already a checkpoint of this project (it records a format_version); "
+                              "format-2 checkpoints need no conversion")
     if not isinstance(root, _StateOnly):
-        raise CheckpointError(f"{path}: not an original VirNucPro whole-model pickle (holds a "
-                              f"{type(root).__name__}); format-2 checkpoints need no conversion")
+        raise CheckpointError(f"{path}: not an original VirNucPro whole-model pickle (it holds a "
+                              f"{type(root).__name__}, not the original MLPClassifier)")
     children = root.__dict__.get("_modules")
     if not isinstance(children, dict) or set(children) != set(LEGACY_LAYER_PATHS):
         found = sorted(children) if isinstance(children, dict) else []

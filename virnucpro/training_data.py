@@ -8,15 +8,18 @@ features of the original pipeline) may be used with files that record one: one w
 the checkpoint then records no DNA model revision.  A file whose checksum does not match its
 content is refused.  The hold-out split keeps every frame and chunk of one
 source sequence on one side (``sequence``) or is the original per-row split
-(``record``).
+(``record``).  Duplicated data (files with identical content, row ids in more than
+one file) and a class imbalance beyond 1:10 are reported with a WARNING, not refused.
 """
 from __future__ import annotations
 
 import logging
+import os
 import random
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Hashable, Iterable, Sequence
+from typing import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +28,7 @@ from tqdm.auto import tqdm
 from .defaults import VIRUS_CLASS
 from .errors import FeatureFileError, InputError
 from .features import MERGED_NAME_KEYS, MODEL_KEYS, UNRECORDED_REVISION, MergedFile, read_merged_file, require_finite
-from .files import require_dir
+from .files import HASH_BLOCK, file_sha256, require_dir
 from .ids import source_sequence_id
 from .outputs import VIRAL_MERGED_DIR_NAME
 from .provenance import REVISION_KEYS, short
@@ -35,6 +38,10 @@ log = logging.getLogger("virnucpro.train")
 DEFAULT_VIRAL_DIR = VIRAL_MERGED_DIR_NAME
 LEGACY_DNA_DIM = 768  # DNABERT-S; used only for merged files that do not record their widths
 VIRAL_LABEL, HOST_LABEL = VIRUS_CLASS, 0
+#: A WARNING when the smaller class has fewer rows than this share of the larger one (1:10).
+IMBALANCE_RATIO = 0.1
+#: Pairs of files named in the duplicate-rows WARNING.
+SHOWN_PAIRS = 3
 
 
 @dataclass
@@ -214,10 +221,85 @@ def check_both_classes(blocks: list[tuple[MergedFile, int]], data_dir: Path, vir
         raise FeatureFileError(f"{data_dir}: no host rows (the host files are empty)")
 
 
+def warn_imbalance(n_viral: int, n_host: int) -> None:
+    """A WARNING with the class counts when the smaller class is below :data:`IMBALANCE_RATIO` of the larger."""
+    small, large = sorted((n_viral, n_host))
+    if large and small < IMBALANCE_RATIO * large:
+        log.warning("class imbalance: %d viral vs %d host rows (1:%.0f, beyond 1:%.0f); the classifier may learn "
+                    "to call almost everything %s: balance the data or check the folders",
+                    n_viral, n_host, large / max(small, 1), 1 / IMBALANCE_RATIO,
+                    "host" if n_host > n_viral else "viral")
+
+
+def _identical_groups(paths: Sequence[Path]) -> list[list[Path]]:
+    """Groups of files with the same bytes: same size, then same first block, then the same SHA-256."""
+    def grouped(candidates: Iterable[Path], key: Callable[[Path], object]) -> list[list[Path]]:
+        groups: dict[object, list[Path]] = defaultdict(list)
+        for path in candidates:
+            groups[key(path)].append(path)
+        return [group for group in groups.values() if len(group) > 1]
+
+    def first_block(path: Path) -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read(HASH_BLOCK)
+
+    found = []
+    for same_size in grouped(paths, lambda path: os.stat(path).st_size):
+        for same_start in grouped(same_size, first_block):
+            found.extend(grouped(same_start, file_sha256))
+    return found
+
+
+def warn_duplicates(blocks: Sequence[tuple[MergedFile, int]], viral_dir: str) -> None:
+    """WARNINGs naming merged files with identical content, and files that share row ids (one line each)."""
+    label_of = {merged.path: label for merged, label in blocks}
+    copies: set[Path] = set()
+    for group in _identical_groups([merged.path for merged, _ in blocks]):
+        copies.update(group[1:])
+        both = f" (inside '{viral_dir}' and outside it)" if len({label_of[p] for p in group}) > 1 else ""
+        log.warning("identical merged files%s: %s; their rows count %d times", both,
+                    ", ".join(str(p) for p in group), len(group))
+    owner: dict[str, int] = {}
+    shared: dict[tuple[int, int], int] = defaultdict(int)
+    for index, (merged, _) in enumerate(blocks):
+        if merged.ids is None or merged.path in copies:
+            continue
+        for row_id in merged.ids:
+            first = owner.setdefault(row_id, index)
+            if first != index:
+                shared[first, index] += 1
+    if shared:
+        pairs = sorted(shared.items(), key=lambda item: (-item[1], item[0]))
+        shown = "; ".join(f"{blocks[a][0].path} and {blocks[b][0].path} ({n})" for (a, b), n in pairs[:SHOWN_PAIRS])
+        more = f"; and {len(pairs) - SHOWN_PAIRS} more pair(s)" if len(pairs) > SHOWN_PAIRS else ""
+        log.warning("%d row id(s) appear in more than one merged file, so those rows count more than once: %s%s",
+                    sum(shared.values()), shown, more)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def stack_rows(blocks: list[tuple[MergedFile, int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All rows in one float32 tensor and their labels; rows with NaN or inf are refused."""
+    """All rows in one float32 tensor and their labels; rows with NaN or inf are refused.
+
+    InputError, before anything is copied, when the rows do not fit in this machine's memory.
+    """
     total = sum(merged.rows for merged, _ in blocks)
-    features = torch.empty(total, width, dtype=torch.float32)
+    size = 4 * total * width
+    memory = _physical_memory()
+    too_big = InputError(f"the {total} rows x {width} features of the merged files need {size / 2**30:.1f} GiB "
+                         f"of memory{'' if memory is None else f', this machine has {memory / 2**30:.1f} GiB'}; "
+                         "train on fewer files")
+    if memory is not None and size > memory:
+        raise too_big
+    try:
+        features = torch.empty(total, width, dtype=torch.float32)
+    except (RuntimeError, MemoryError):
+        raise too_big from None
     labels = torch.empty(total, dtype=torch.int64)
     start = 0
     for merged, label in blocks:
@@ -250,14 +332,23 @@ def row_groups(blocks: Iterable[MergedFile]) -> np.ndarray:
 
 
 def load_training_data(data_dir: Path, viral_dir: str = DEFAULT_VIRAL_DIR, *, need_ids: bool = True,
-                       progress: bool = True) -> TrainingData:
-    """Read and validate every merged file into one float32 tensor (rows of all files, in order)."""
-    files = find_merged_files(data_dir, viral_dir)
+                       progress: bool = True, files: list[tuple[Path, int]] | None = None,
+                       check_width: Callable[[int], None] | None = None) -> TrainingData:
+    """Read and validate every merged file into one float32 tensor (rows of all files, in order).
+
+    ``files``: :func:`find_merged_files`'s answer, when the caller has it; ``check_width`` is
+    called with the feature width before the rows are copied (to refuse a model early).
+    """
+    if files is None:
+        files = find_merged_files(data_dir, viral_dir)
     blocks, agreement = read_files(files, viral_dir, need_ids, progress)
     check_both_classes(blocks, data_dir, viral_dir)
     agreement.note_unrecorded()
     dna_dim, protein_dim = agreement.part_widths()
     assert agreement.width is not None
+    if check_width is not None:
+        check_width(agreement.width)
+    warn_duplicates(blocks, viral_dir)
     features, labels = stack_rows(blocks, agreement.width)
     with_ids = all(m.ids is not None for m, _ in blocks)
     return TrainingData(features=features, labels=labels, groups=row_groups(m for m, _ in blocks),
