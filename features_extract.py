@@ -35,13 +35,14 @@ its own ``cuda:LOCAL_RANK``), and rank 0 reports; the files are those of one pro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from virnucpro import cli, distributed, trust
 from virnucpro.defaults import DNABERT_S_MODEL, FASTESM_MODEL
-from virnucpro.extract import (DEFAULT_SEED, DEFAULT_SEQUENCES_PER_FILE, ExtractionRequest, ModelSpec,
+from virnucpro.extract import (DEFAULT_SEED, DEFAULT_SEQUENCES_PER_FILE, ExtractionRequest,
                                run_extraction)  # torch only when features are made, not for --help
 
 PROG = "features_extract.py"
@@ -72,12 +73,10 @@ def build_request(args: argparse.Namespace) -> ExtractionRequest:
     """The run the command line asks for; its models are the ones the options name (defaults otherwise)."""
     dna = trust.choose_model("dna", args.dnabert_model, None, DNABERT_S_MODEL, PROG)
     protein = trust.choose_model("protein", args.esm_model, None, FASTESM_MODEL, PROG)
+    models = dataclasses.replace(cli.model_options(args), dnabert_model=dna.location, esm_model=protein.location)
     return ExtractionRequest(
-        data_dir=args.data_dir, sequences_per_file=args.sequences_per_file, seed=args.seed,
-        dna=ModelSpec(dna.location, args.dnabert_revision, args.dna_precision),
-        protein=ModelSpec(protein.location, args.esm_revision, args.protein_precision),
-        batch_tokens=args.batch_tokens, esm_loader=args.esm_loader, trust_protein_code=protein.trust_remote_code,
-        force=args.force, device=args.device, progress=not args.quiet)
+        data_dir=args.data_dir, models=models, sequences_per_file=args.sequences_per_file, seed=args.seed,
+        trust_protein_code=protein.trust_remote_code, force=args.force, progress=not args.quiet)
 
 
 def run(args: argparse.Namespace) -> int:

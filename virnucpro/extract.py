@@ -31,6 +31,7 @@ from .defaults import DNABERT_S_MODEL, FASTESM_MODEL
 from .errors import FeatureFileError, InputError
 from .fasta import SPLIT_FILE_TEMPLATE, read_fasta, split_fasta_file
 from .files import open_text, remove_temp_files, require_dir
+from .options import ModelOptions
 from .provenance import REVISION_KEYS, pinned_revision, resolve_model_revision, short
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ MERGE_DIR_OUTPUTS = (outputs.merged_features_name("*", "*"),)  # type: ignore[ar
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One language model as the command line names it."""
+    """One language model of the request, as the extraction steps use it."""
 
     location: str                  # hub id or local directory
     revision: str | None = None    # hub branch, tag or commit asked for (None: the latest)
@@ -71,17 +72,36 @@ class ExtractionRequest:
     """
 
     data_dir: Path
-    dna: ModelSpec = ModelSpec(DNABERT_S_MODEL)
-    protein: ModelSpec = ModelSpec(FASTESM_MODEL)
+    #: The same language-model options as prediction's (``cli.model_options``); ``None`` models: the defaults.
+    models: ModelOptions = ModelOptions()
     sequences_per_file: int = DEFAULT_SEQUENCES_PER_FILE
     seed: int = DEFAULT_SEED
-    batch_tokens: int | None = None        # None: the device's default
-    esm_loader: str = "auto"
     trust_protein_code: bool = True        # False: a plain ESM-2 is loaded without code of its own
     force: bool = False
-    device: str = "auto"
     progress: bool = True
     revisions: Mapping[str, str] | None = None
+
+    @property
+    def dna(self) -> ModelSpec:
+        return ModelSpec(self.models.dnabert_model or DNABERT_S_MODEL, self.models.dnabert_revision,
+                         self.models.dna_precision)
+
+    @property
+    def protein(self) -> ModelSpec:
+        return ModelSpec(self.models.esm_model or FASTESM_MODEL, self.models.esm_revision,
+                         self.models.protein_precision)
+
+    @property
+    def batch_tokens(self) -> int | None:
+        return self.models.batch_tokens  # None: the device's default
+
+    @property
+    def esm_loader(self) -> str:
+        return self.models.esm_loader
+
+    @property
+    def device(self) -> str:
+        return self.models.device
 
     def model(self, kind: str) -> ModelSpec:
         """The ``dna`` or ``protein`` model."""
