@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from tqdm.auto import tqdm
 
 from . import distributed, outputs
-from .defaults import DNABERT_S_MODEL, FASTESM_MODEL
+from .defaults import DNABERT_S_MODEL, FASTESM_MODEL, OTHERS_CLASS, VIRUS_CLASS
 from .errors import FeatureFileError, InputError
 from .fasta import SPLIT_FILE_TEMPLATE, read_fasta, split_fasta_file
 from .files import open_text, remove_temp_files, require_dir
@@ -155,7 +155,7 @@ class Split:
     @property
     def label(self) -> int:
         """The label of its rows: 1 viral, 0 host."""
-        return 1 if self.kind == "viral" else 0
+        return VIRUS_CLASS if self.kind == "viral" else OTHERS_CLASS
 
     @property
     def nucleotide(self) -> Path:

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .defaults import DEFAULT_BATCH_TOKENS, DNABERT_S_MODEL, FASTESM_MODEL, TRUNCATION_SEQ_LENGTH
+from .defaults import (DEFAULT_BATCH_TOKENS, DNABERT_S_MODEL, FASTESM_MODEL, OTHERS_CLASS, TRUNCATION_SEQ_LENGTH,
+                       VIRUS_CLASS)
 from .embed import embed_dna, embed_proteins
 from .errors import FeatureFileError
 from .fasta import read_fasta
@@ -169,7 +170,7 @@ def merge_data(DNABERT_S_data: str | os.PathLike | dict, ESM_data: str | os.Path
     names = {key: provenance.pop(key) for key in MODEL_KEYS.values() if key in provenance}
     merged = merged_object([dna_ids[r] for r, _ in keep], torch.cat((dna[dna_rows], protein[protein_rows]), dim=1),
                            int(dna.shape[1]), int(protein.shape[1]),
-                           labels=None if data_type is None else [1 if data_type == "viral" else 0],
+                           labels=None if data_type is None else [VIRUS_CLASS if data_type == "viral" else OTHERS_CLASS],
                            revisions=provenance, **names)
     if merged_file is not None:
         atomic_torch_save(merged, merged_file)

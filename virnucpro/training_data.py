@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .defaults import VIRUS_CLASS
+from .defaults import OTHERS_CLASS, VIRUS_CLASS
 from .errors import FeatureFileError, InputError
 from .features import MERGED_NAME_KEYS, MODEL_KEYS, UNRECORDED_REVISION, MergedFile, read_merged_file, require_finite
 from .files import HASH_BLOCK, file_sha256, require_dir
@@ -37,7 +37,7 @@ log = logging.getLogger("virnucpro.train")
 
 DEFAULT_VIRAL_DIR = VIRAL_MERGED_DIR_NAME
 LEGACY_DNA_DIM = 768  # DNABERT-S; used only for merged files that do not record their widths
-VIRAL_LABEL, HOST_LABEL = VIRUS_CLASS, 0
+VIRAL_LABEL, HOST_LABEL = VIRUS_CLASS, OTHERS_CLASS  # the labels of merged files: defaults.LABEL_MAP's classes
 #: A WARNING when the smaller class has fewer rows than this share of the larger one (1:10).
 IMBALANCE_RATIO = 0.1
 #: Pairs of files named in the duplicate-rows WARNING.
