@@ -117,8 +117,9 @@ def parse_fasta(handle: IO[bytes], path: str | os.PathLike, *, alphabet: str | N
                     if not line:
                         continue
                 if line.startswith(b"@"):
-                    raise InputError(f"{path}: looks like FASTQ (first record starts with '@'); "
-                                     "convert it to FASTA first (e.g. seqkit fq2fa)")
+                    raise InputError(f"{path}: looks like FASTQ (first record starts with '@'); this step "
+                                     "reads FASTA only (prediction.py and evaluate.py take FASTQ): convert it "
+                                     "first (e.g. seqkit fq2fa)")
                 raise InputError(f"{path}: line {lines.line_no}: text before the first '>' header; "
                                  "not a FASTA file")
             else:

@@ -132,7 +132,7 @@ def _remote_code_without(packages: set[str]) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------
-# Loading errors that say what is wrong
+# Loading the two language models (what a failed load means: virnucpro.hfload)
 # ---------------------------------------------------------------------------
 
 def _model_hidden_size(model: Any) -> int:
