@@ -472,6 +472,7 @@ def timed(results: dict, name: str, body: Callable[[], dict]) -> None:
 
 
 def smoke(ctx: Context) -> dict:
+    """Both loaders on tiny stand-ins of the same code: which loader ran, finite outputs, Triton attention off."""
     esm_dir = build_fastesm(ctx.work / "tiny_esm", TINY, ctx.args.esm_era)
     dna_dir = build_dnabert_unpad(ctx.work / "tiny_dna", TINY)
     protein = models.load_protein_model(str(esm_dir), ctx.device)
@@ -515,6 +516,7 @@ def gemm_tflops(device: torch.device, precision: str, size: int, iters: int) -> 
 
 
 def matmul(ctx: Context) -> dict:
+    """The measured GEMM peak per precision (the reference of ``mfu_matmul``) and the spec peak."""
     return {"size": ctx.args.matmul_size, "iters": ctx.args.matmul_iters,
             "tflops": {name: ctx.gemm_peak(name) for name in ctx.args.matmul_precisions},
             "spec_peak_tflops": ctx.spec_peak()}
@@ -575,6 +577,7 @@ def _random_classifier(dna_ref: torch.Tensor, protein_ref: torch.Tensor):
 
 
 def precision(ctx: Context) -> dict:
+    """Each 16-bit (and TF32) precision against fp32 on ``--precision-reads`` frames, for both models."""
     frames, sources = precision_frames(ctx.args.real_dir, ctx.args.precision_reads)
     proteins = [p for _, _, p in frames]
     nucleotides = [n for _, n, _ in frames]
@@ -654,6 +657,7 @@ def _protein_batch(ctx: Context, tokenizer: Any, mixed: bool) -> tuple[torch.Ten
 
 
 def microbench(ctx: Context) -> dict:
+    """Timed forward passes of both models per precision: TFLOP/s and both MFUs."""
     args, device = ctx.args, ctx.device
     out: dict[str, Any] = {"protein_rows": args.micro_rows, "protein_tokens": args.micro_tokens,
                            "dna_rows": args.micro_dna_rows, "spec_peak_tflops": ctx.spec_peak(),
@@ -712,6 +716,7 @@ class _Messages(logging.Handler):
 
 
 def oom(ctx: Context) -> dict:
+    """The out-of-memory split of a batch that cannot fit under a memory cap (CUDA only)."""
     if ctx.device.type != "cuda":
         return {"skipped": "needs CUDA"}
     models._MODEL_CACHE.clear()
@@ -851,6 +856,7 @@ def steady_rate(shards: Sequence[tuple[float, int]]) -> tuple[float | None, int]
 
 
 def end_to_end(ctx: Context) -> dict:
+    """``run_prediction`` on synthetic reads: each phase timed, steady-state reads/s, busy fraction while scoring."""
     from virnucpro.predict import run_prediction
 
     args = ctx.args
@@ -900,6 +906,7 @@ BODIES: dict[str, Callable[[Context], dict]] = {"smoke": smoke, "matmul": matmul
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="JSON file for every figure (rewritten after each section)")

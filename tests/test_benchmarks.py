@@ -116,7 +116,9 @@ def test_gpu_check_smoke_cpu_runs_every_section(tmp_path, monkeypatch):
     assert set(e2e["phase_seconds"]) == {"open", "load", "score", "finalise"}
     assert e2e["steady_reads_per_s"] > 0 and e2e["scoring_reads_per_s"] > e2e["reads_per_s"]
     assert e2e["loaders"] == {"protein": protein_loader, "dna": "remote"}
-    assert 1 <= e2e["nvidia_smi_samples"] < e2e["nvidia_smi_samples_total"] and e2e["gpu_busy_fraction"] == 1.0
+    # the (fake) nvidia-smi samples were read; only those of the scoring phase count
+    assert e2e["nvidia_smi_samples_total"] >= 1 and e2e["nvidia_smi_samples"] <= e2e["nvidia_smi_samples_total"]
+    assert e2e["gpu_busy_fraction"] == (1.0 if e2e["nvidia_smi_samples"] else None)
 
 
 @pytest.mark.parametrize("stop", ["failure", "interruption"])
