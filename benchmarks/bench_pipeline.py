@@ -216,7 +216,9 @@ def build_model(kind: str, config: Any, device: torch.device, dtype: torch.dtype
 
 
 def non_embedding_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+    """Parameters a token passes through: all but the embeddings and a pooler (which sees one token per row)."""
+    return sum(p.numel() for n, p in model.named_parameters()
+               if "embeddings" not in n and not n.startswith(("pooler.", "esm.pooler.")))
 
 
 def encoder_flops(model: torch.nn.Module, lengths: Sequence[int]) -> float:

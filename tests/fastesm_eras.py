@@ -431,13 +431,15 @@ def _bundle_module(package_source: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _native_masked_lm_state(hidden_size: int, num_layers: int, num_heads: int, seed: int):
-    """Seeded weights of a native ``EsmForMaskedLM`` (the real checkpoint's key layout), inv_freq included."""
+def _native_masked_lm_state(hidden_size: int, num_layers: int, num_heads: int, seed: int,
+                            intermediate_size: int | None = None):
+    """Seeded weights of a native ``EsmForMaskedLM`` (the real checkpoint's key layout), inv_freq included
+    (``intermediate_size``: 2 x hidden unless told; the real FastESM2_650 has 4 x)."""
     import torch
     from transformers import EsmConfig, EsmForMaskedLM
 
     config = EsmConfig(vocab_size=len(ESM_VOCAB), hidden_size=hidden_size, num_hidden_layers=num_layers,
-                       num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
+                       num_attention_heads=num_heads, intermediate_size=intermediate_size or 2 * hidden_size,
                        max_position_embeddings=1026, position_embedding_type="rotary", token_dropout=True,
                        emb_layer_norm_before=False, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
                        attention_probs_dropout_prob=0.0, pad_token_id=ESM_VOCAB.index("<pad>"),
@@ -463,8 +465,12 @@ def _native_masked_lm_state(hidden_size: int, num_layers: int, num_heads: int, s
 
 
 def build_fastesm_era(directory: str | os.PathLike, era: str, *, hidden_size: int = 64, num_layers: int = 2,
-                      num_heads: int = 4, seed: int = 0, tokenizer_id: str = ESM_TOKENIZER_ID) -> Path:
-    """Write a tiny FastESM2 model folder of era ``era`` (code, config.json, model.safetensors) into ``directory``."""
+                      num_heads: int = 4, seed: int = 0, tokenizer_id: str = ESM_TOKENIZER_ID,
+                      intermediate_size: int | None = None) -> Path:
+    """Write a tiny FastESM2 model folder of era ``era`` (code, config.json, model.safetensors) into ``directory``.
+
+    ``intermediate_size`` is 2 x ``hidden_size`` unless told (the real FastESM2_650: 1280 hidden, 5120).
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -486,7 +492,7 @@ def build_fastesm_era(directory: str | os.PathLike, era: str, *, hidden_size: in
         "hidden_size": hidden_size,
         "num_hidden_layers": num_layers,
         "num_attention_heads": num_heads,
-        "intermediate_size": 2 * hidden_size,
+        "intermediate_size": intermediate_size or 2 * hidden_size,
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
         "max_position_embeddings": 1026,
@@ -503,7 +509,8 @@ def build_fastesm_era(directory: str | os.PathLike, era: str, *, hidden_size: in
         config["add_pooling_layer"] = False
         config["transformers_version"] = "5.13.0"
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(_native_masked_lm_state(hidden_size, num_layers, num_heads, seed), str(directory / "model.safetensors"),
+    save_file(_native_masked_lm_state(hidden_size, num_layers, num_heads, seed, intermediate_size),
+              str(directory / "model.safetensors"),
               metadata={"format": "pt"})
     return directory
 

@@ -277,7 +277,8 @@ def _save_seeded_model(directory: Path, config: dict, seed: int) -> None:
 
 
 def build_fastesm_standin(directory: str | os.PathLike, *, hidden_size: int = 64, num_layers: int = 2,
-                          num_heads: int = 4, seed: int = 0, era: str = "c", self_contained: bool = False) -> Path:
+                          num_heads: int = 4, seed: int = 0, era: str = "c", self_contained: bool = False,
+                          intermediate_size: int | None = None) -> Path:
     """Write a tiny FastESM2 model folder shaped like the hub's (era ``c`` unless told; see fastesm_eras).
 
     Its code loads the tokenizer of ``facebook/esm2_t6_8M_UR50D`` when imported: the hub cache
@@ -297,7 +298,8 @@ def build_fastesm_standin(directory: str | os.PathLike, *, hidden_size: int = 64
         EsmTokenizer(str(directory / "vocab.txt")).save_pretrained(str(directory))
         tokenizer_id = str(directory.resolve())
     return fastesm_eras.build_fastesm_era(directory, era, hidden_size=hidden_size, num_layers=num_layers,
-                                          num_heads=num_heads, seed=seed, tokenizer_id=tokenizer_id)
+                                          num_heads=num_heads, seed=seed, tokenizer_id=tokenizer_id,
+                                          intermediate_size=intermediate_size)
 
 
 def _dna_tokenizer(seed: int, vocab_size: int):
