@@ -31,8 +31,8 @@ from .frames import chunk_sequence, create_refseq_pro_list, identify_seq
 log = logging.getLogger("virnucpro.make_train_dataset")
 
 DEFAULT_CHUNK_SIZE = 300
-GBFF_SUFFIX = "genomic.gbff.gz"
-FNA_SUFFIX = "genomic.fna.gz"
+GBFF_SUFFIX = outputs.GENBANK_SUFFIX
+FNA_SUFFIX = outputs.GENOME_FASTA_SUFFIX
 NUCLEOTIDE_SUFFIX = outputs.IDENTIFIED_NUCLEOTIDE_SUFFIX
 PROTEIN_SUFFIX = outputs.IDENTIFIED_PROTEIN_SUFFIX
 #: A GenBank flat file has a ``LOCUS`` line among its first lines (RefSeq files start with one).
