@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from virnucpro import cli
+from virnucpro.health import ModelCheckRequest, run_model_check  # torch only when the check runs
 
 PROG = "check_models.py"
 
@@ -29,26 +30,19 @@ def build_parser() -> cli.CliArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    """Build the request from the command line, run the check, print the report."""
-    from virnucpro.health import ModelCheckRequest, check_models
+def build_request(args: argparse.Namespace) -> ModelCheckRequest:
+    """The one request the library runs, from the command line."""
+    return ModelCheckRequest(models=cli.model_options(args), checkpoint=args.model)
 
-    request = ModelCheckRequest(esm_model=str(args.esm_model), dnabert_model=str(args.dnabert_model),
-                                esm_revision=args.esm_revision, dnabert_revision=args.dnabert_revision,
-                                esm_loader=args.esm_loader, device=args.device,
-                                protein_precision=args.protein_precision, dna_precision=args.dna_precision,
-                                checkpoint=args.model)
-    rows = check_models(request)
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    print("OK: the models load and embed; prediction.py can run with these options")
-    return cli.EXIT_OK
+
+def check(args: argparse.Namespace) -> int:
+    """Run the check of the command line and print the report (see :func:`virnucpro.health.run_model_check`)."""
+    return run_model_check(build_request(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python check_models.py [options]``."""
-    return cli.script_main(PROG, build_parser(), run, argv)
+    return cli.script_main(PROG, build_parser(), check, argv)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,14 @@ ESM2-3B).  Predict with it through this project's pipeline:
 """
 from __future__ import annotations
 
-import logging
-import os
+import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from virnucpro import cli
+from virnucpro.convert import ConversionRequest, run_conversion
 from virnucpro.defaults import DNABERT_S_DIM, DNABERT_S_MODEL, ESM2_3B_MODEL
-from virnucpro.errors import CheckpointError, InputError
-from virnucpro.files import require_file, require_writable_dir
-
-log = logging.getLogger("virnucpro.convert")
 
 PROG = "convert_checkpoint.py"
 
@@ -51,30 +47,16 @@ def build_parser() -> cli.CliArgumentParser:
     return parser
 
 
-def check_paths(source: Path, target: Path, force: bool) -> None:
-    """InputError (one line) for every problem of SOURCE and TARGET that shows before SOURCE is read."""
-    require_file(source, "model file", CheckpointError)
-    if target.resolve() == source.resolve() or (target.exists() and os.path.samefile(target, source)):
-        raise InputError(f"{target}: TARGET must differ from SOURCE")
-    if target.is_dir():
-        raise InputError(f"{target}: is a directory (TARGET needs a file name)")
-    if target.exists() and not force:
-        raise InputError(f"{target}: exists already (use --force to overwrite)")
-    require_writable_dir(target.parent, "the folder of TARGET")
+def build_request(args: argparse.Namespace) -> ConversionRequest:
+    """The one request the library runs, from the command line."""
+    return ConversionRequest(source=args.source, target=args.target, chunk_size=args.chunk_size,
+                             protein_model=args.protein_model, dna_model=args.dna_model, dna_dim=args.dna_dim,
+                             force=args.force)
 
 
-def convert(args) -> int:
-    """Read ``args.source`` safely and write ``args.target``."""
-    check_paths(args.source, args.target, args.force)
-    from virnucpro.legacy import convert_legacy_checkpoint
-
-    checkpoint = convert_legacy_checkpoint(args.source, args.target, chunk_size=args.chunk_size,
-                                           protein_model=args.protein_model, dna_model=args.dna_model,
-                                           dna_dim=args.dna_dim)
-    log.info("wrote %s: input %d = DNA %d (%s) + protein %d (%s), %d-bp chunks", args.target,
-             checkpoint["input_dim"], checkpoint["dna_dim"], checkpoint["dna_model"], checkpoint["protein_dim"],
-             checkpoint["protein_model"], checkpoint["chunk_size"])
-    return cli.EXIT_OK
+def convert(args: argparse.Namespace) -> int:
+    """Convert the file of the command line (see :func:`virnucpro.convert.run_conversion`)."""
+    return run_conversion(build_request(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

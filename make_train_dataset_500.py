@@ -16,6 +16,7 @@ PROG = "make_train_dataset_500.py"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see --help): make_train_dataset_300.py's, with 500-bp chunks by default."""
     return make_train_dataset_300.main(argv, default_chunk_size=500, prog=PROG)
 
 

@@ -99,11 +99,10 @@ class GoldenSource:
 
 @pytest.mark.slow
 def test_build_runs_end_to_end_and_resumes(tmp_path, monkeypatch, golden_dir, fake_hub, esm_model_dir, capsys):
-    import download_data
     import units
     from test_convert_checkpoint import save_original
     from test_original_models import blob_id
-    from virnucpro import original_models
+    from virnucpro import download, original_models
 
     import standins
 
@@ -114,7 +113,7 @@ def test_build_runs_end_to_end_and_resumes(tmp_path, monkeypatch, golden_dir, fa
     save_original(made, "__main__", monkeypatch, input_dim=768 + width)
     monkeypatch.setattr(original_models, "ORIGINAL_MODELS",
                         (original_models.OriginalModel("300_model.pth", 300, blob_id(made.read_bytes())),))
-    monkeypatch.setattr(download_data, "make_session",
+    monkeypatch.setattr(download, "make_session",
                         GoldenSource(golden_dir / "train_300" / "data", {"300_model.pth": made.read_bytes()}))
     work = tmp_path / "work"
     argv = ["--work-dir", str(work), "--device", "cpu", "--max-genomes", "1", "--sequences-per-file", "6",

@@ -32,3 +32,17 @@ def test_health_check_says_why_in_one_line(esm_model_dir, dnabert_model_dir, che
     captured = capsys.readouterr()
     assert rc == 2 and len(captured.err.strip().splitlines()) == 1
     assert "takes 832 values per frame" in captured.err and "these models give 800" in captured.err
+
+
+def test_every_model_option_reaches_the_loaders(esm_model_dir, dnabert_model_dir, capsys):
+    """The check loads the models with the command line's options (as prediction.py's ModelOptions)."""
+    rc = check_models.main(["--esm-model", str(esm_model_dir), "--dnabert-model", str(dnabert_model_dir),
+                            "--device", "cpu", "--protein-precision", "bf16", "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    protein = next(line for line in out.splitlines() if line.startswith("protein model"))
+    assert "; bf16; 64-d" in protein
+    request = check_models.build_request(check_models.build_parser().parse_args(
+        ["--esm-loader", "native", "--dna-precision", "tf32", "--esm-revision", "r1"]))
+    assert (request.models.esm_loader, request.models.dna_precision, request.models.esm_revision) == (
+        "native", "tf32", "r1")

@@ -8,6 +8,7 @@ import pytest
 import requests
 
 import download_data
+from virnucpro import download
 
 BASE = "https://ftp.ncbi.nlm.nih.gov/refseq/release/"
 
@@ -84,7 +85,7 @@ SIZES = {"bacteria": 5, "archaea": 3, "fungi": 2, "protozoa": 2, "plant": 12,
 @pytest.fixture
 def session(monkeypatch: pytest.MonkeyPatch) -> FakeSession:
     fake = FakeSession(SIZES)
-    monkeypatch.setattr(download_data, "make_session", lambda: fake)
+    monkeypatch.setattr(download, "make_session", lambda: fake)
     return fake
 
 
@@ -92,7 +93,7 @@ def expected_urls() -> list[str]:
     """The original's sampling, written out independently."""
     random.seed(42)
     urls = [BASE + "viral/viral.1.1.genomic.fna.gz", BASE + "viral/viral.1.genomic.gbff.gz"]
-    for group, count in download_data.HOST_GROUPS:
+    for group, count in download.HOST_GROUPS:
         gbff = [f"{BASE}{group}/{group}.{k}.genomic.gbff.gz" for k in range(1, SIZES[group] + 1)]
         for url in random.sample(gbff, min(count, len(gbff))):
             urls += [url, url.replace("genomic.gbff.gz", "1.genomic.fna.gz")]
@@ -109,6 +110,28 @@ def test_dry_run_lists_the_original_sample(session: FakeSession, tmp_path: Path,
     assert len(urls) == 2 + 2 * (1 + 1 + 1 + 1 + 10 + 4 + 10 + 10)
     assert not out.exists()  # nothing downloaded
     assert session.gets and all(u.endswith("/") for u in session.gets)  # listings only
+
+
+def test_the_default_folder_depends_on_what_is_fetched(tmp_path: Path) -> None:
+    """RefSeq genomes go to data/, the original models to the current folder; --out-dir wins either way."""
+    def folder(*argv: str) -> Path:
+        return download_data.build_request(download_data.build_parser().parse_args(list(argv))).folder
+
+    assert folder() == Path("data")
+    assert folder("--original-models") == Path(".")
+    assert folder("--original-models", "--out-dir", str(tmp_path)) == folder("--out-dir", str(tmp_path)) == tmp_path
+
+
+def test_dry_run_of_the_original_models_lists_them_where_they_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    from virnucpro import original_models
+
+    monkeypatch.chdir(tmp_path)
+    assert download_data.main(["--original-models", "--dry-run", "-q"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(local, converted) for _, local, converted in rows] == [
+        (model.name, model.converted_name) for model in original_models.ORIGINAL_MODELS]
+    assert list(tmp_path.iterdir()) == []  # nothing fetched
 
 
 def test_downloads_then_resumes(session: FakeSession, tmp_path: Path) -> None:
@@ -165,8 +188,8 @@ def test_short_body_is_refused(session: FakeSession, tmp_path: Path, monkeypatch
 
 def test_max_genomes_caps_each_host_group(tmp_path, capsys):
     session = FakeSession(SIZES)
-    urls = download_data.plan_downloads(session, BASE, 42, 1.0, max_genomes=2)
-    gbff = [u for u in urls if u.endswith(download_data.GBFF_SUFFIX) and "/viral/" not in u]
+    urls = download.plan_downloads(session, BASE, 42, 1.0, max_genomes=2)
+    gbff = [u for u in urls if u.endswith(download.GBFF_SUFFIX) and "/viral/" not in u]
     per_group = {}
     for url in gbff:
         group = url.split("/")[-2]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import drew_fig
-from virnucpro import rundir
+from virnucpro import plot, rundir
 from virnucpro.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -103,7 +103,7 @@ def test_missing_results_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     ({"a": (7, 7)}, 1),
 ])
 def test_infer_chunk_size(rows: dict, expected: int) -> None:
-    assert drew_fig.infer_chunk_size(rows, Path("s.tsv")) == expected
+    assert plot.infer_chunk_size(rows, Path("s.tsv")) == expected
 
 
 @pytest.mark.parametrize("rows", [
@@ -113,18 +113,18 @@ def test_infer_chunk_size(rows: dict, expected: int) -> None:
 ])
 def test_infer_chunk_size_ambiguous(rows: dict) -> None:
     with pytest.raises(InputError, match="--chunk-size"):
-        drew_fig.infer_chunk_size(rows, Path("s.tsv"))
+        plot.infer_chunk_size(rows, Path("s.tsv"))
 
 
 def test_chunk_spans_follow_the_chunking() -> None:
-    spans = drew_fig.chunk_spans(4, 300, 1000)
+    spans = plot.chunk_spans(4, 300, 1000)
     assert spans[0] == (0, 300) and spans[-1][1] == 1000 and len(spans) == 4
-    assert drew_fig.chunk_spans(2, 300, None) == [(0, 300), (300, 600)]
+    assert plot.chunk_spans(2, 300, None) == [(0, 300), (300, 600)]
 
 
 def _drawn_chunk_size(monkeypatch, argv: list[str]) -> int:
     seen = []
-    monkeypatch.setattr(drew_fig, "draw", lambda sequences, chunk_size, summary, output: seen.append(chunk_size))
+    monkeypatch.setattr(plot, "draw", lambda sequences, chunk_size, summary, output: seen.append(chunk_size))
     assert drew_fig.main(argv + ["-q"]) == 0
     return seen[0]
 

@@ -156,6 +156,32 @@ def test_old_files_without_dims_assume_dnabert_width(tmp_path, capsys):
     assert "do not record dna_dim" in capsys.readouterr().err  # setup_logging logs to stderr
 
 
+def test_the_report_records_every_option_of_the_command_line(merge_dir, tmp_path):
+    """The metrics JSON's options are the command line's, under train.py's option names (as before the engine
+    moved into the library), whatever a later option adds."""
+    out = tmp_path / "m.pth"
+    assert run_train(merge_dir, out, "--seed", "7") == 0
+    options = json.loads(out.with_suffix(".json").read_text())["options"]
+    argv = ["--data-dir", str(merge_dir), "--out", str(out), "--log", str(tmp_path / "MLP_log.txt"), *FAST,
+            "--seed", "7"]
+    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(train.build_parser().parse_args(argv)).items()}
+    assert list(options) == sorted(given) and options == given
+    assert (options["quiet"], options["verbose"], options["metrics_json"]) == (True, False, None)
+
+
+def test_the_engine_runs_without_a_command_line(merge_dir, tmp_path):
+    """A notebook builds a TrainingRequest and gets the weights train.py gives for the same options."""
+    from virnucpro.trainer import TrainingRequest, run_training
+
+    assert run_train(merge_dir, tmp_path / "cli.pth") == 0
+    request = TrainingRequest(data_dir=merge_dir, out=tmp_path / "lib.pth", log=tmp_path / "MLP_log.txt", epochs=4,
+                              batch_size=8, lr=0.05, hidden_dim=16, device="cpu", quiet=True)
+    assert run_training(request) == 0
+    a, b = (torch.load(tmp_path / name, weights_only=True)["state_dict"] for name in ("cli.pth", "lib.pth"))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert (tmp_path / "lib.holdout_ids.txt").read_text() == (tmp_path / "cli.holdout_ids.txt").read_text()
+
+
 # ---------------------------------------------------------------------------
 # Reproducibility and best weights
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 
 import train
 from test_train import FAST, make_dataset, row_ids, run_train, write_merged
-from virnucpro import classifier, training, training_data
+from virnucpro import classifier, trainer, training, training_data
 
 
 @pytest.fixture()
@@ -182,7 +182,7 @@ def test_rows_that_do_not_fit_in_memory_are_refused_before_copying(merge_dir, tm
 def test_too_little_disk_for_the_checkpoint_is_refused_before_training(merge_dir, tmp_path, capsys, no_epochs,
                                                                        monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     assert run_train(merge_dir, tmp_path / "m.pth") == 2
     assert "free some space" in error_line(capsys) and no_epochs == []
 

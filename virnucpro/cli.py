@@ -123,6 +123,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def number_type(kind: Callable[[str], Any], test: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """argparse type: ``kind(text)`` when ``test`` accepts it, else the error "'TEXT' is not WHAT"."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}")
+        return value
+    return parse
+
+
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     """Log to stderr: warnings only with ``quiet``, debug with ``verbose``, info otherwise."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO

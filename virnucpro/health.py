@@ -2,16 +2,18 @@
 
 What a user runs after installing (``python check_models.py``), and what a GPU session
 runs first: it says which versions, device, models, revisions, loaders and widths a run
-would get, or the one-line reason it would fail.
+would get, or the one-line reason it would fail.  :func:`run_model_check` takes one frozen
+:class:`ModelCheckRequest` (built by ``check_models.py``, its model options as prediction's).
 """
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .defaults import DNABERT_S_MODEL, FASTESM_MODEL
-from .errors import CheckpointError
+from .errors import EXIT_OK, CheckpointError
+from .options import ModelOptions
 
 #: The frame the check embeds: a 300-bp chunk whose first forward frame has no stop codon.
 CHECK_DNA = ("ATGGCTAGCAAAGGAGAAGAACTTTTCACTGGAGTTGTCCCAATTCTTGTTGAATTAGATGGTGATGTTAATGGGCACAAATTTTCTGTC"
@@ -22,16 +24,9 @@ CHECK_DNA = ("ATGGCTAGCAAAGGAGAAGAACTTTTCACTGGAGTTGTCCCAATTCTTGTTGAATTAGATGGTGAT
 
 @dataclass(frozen=True)
 class ModelCheckRequest:
-    """What to check: the models and how a run would load them, and optionally a classifier."""
+    """What to check: the models and how a run would load them (``None`` models: the defaults), and a classifier."""
 
-    esm_model: str = FASTESM_MODEL
-    dnabert_model: str = DNABERT_S_MODEL
-    esm_revision: str | None = None
-    dnabert_revision: str | None = None
-    esm_loader: str = "auto"
-    device: str = "auto"
-    protein_precision: str | None = None
-    dna_precision: str | None = None
+    models: ModelOptions = field(default_factory=ModelOptions)
     checkpoint: Path | None = None
 
 
@@ -66,12 +61,13 @@ def check_models(request: ModelCheckRequest) -> list[tuple[str, str]]:
     from .provenance import short
     from .scoring import classifier_probabilities
 
-    device = resolve_device(request.device)
+    options = request.models
+    device = resolve_device(options.device)
     rows = environment_report() + [("device", str(device))]
-    dna = load_dnabert_model(request.dnabert_model, device, revision=request.dnabert_revision,
-                             precision=request.dna_precision)
-    protein = load_protein_model(request.esm_model, device, revision=request.esm_revision,
-                                 precision=request.protein_precision, loader=request.esm_loader)
+    dna = load_dnabert_model(options.dnabert_model or DNABERT_S_MODEL, device, revision=options.dnabert_revision,
+                             precision=options.dna_precision)
+    protein = load_protein_model(options.esm_model or FASTESM_MODEL, device, revision=options.esm_revision,
+                                 precision=options.protein_precision, loader=options.esm_loader)
     for kind, loaded in (("DNA model", dna), ("protein model", protein)):
         rows.append((kind, f"{loaded.name} ({short(loaded.revision)}; {loaded.loader} code; {loaded.precision}; "
                            f"{loaded.hidden_size}-d)"))
@@ -94,3 +90,13 @@ def check_models(request: ModelCheckRequest) -> list[tuple[str, str]]:
         rows.append(("classifier", f"{request.checkpoint} ({meta['chunk_size']}-bp; check frame scored "
                                    f"{meta['label_map'].get(best, best)} {scores[best]:.3f})"))
     return rows
+
+
+def run_model_check(request: ModelCheckRequest) -> int:
+    """Run :func:`check_models` and print its report on stdout, one aligned row per line, then the verdict."""
+    rows = check_models(request)
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print("OK: the models load and embed; prediction.py can run with these options")
+    return EXIT_OK

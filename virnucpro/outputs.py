@@ -61,6 +61,8 @@ def holdout_ids_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(HOLDOUT_IDS_SUFFIX)
 
 # --- training data ------------------------------------------------------------
+GENBANK_SUFFIX = "genomic.gbff.gz"  # the RefSeq annotations download_data.py fetches, make_train_dataset pairs
+GENOME_FASTA_SUFFIX = "genomic.fna.gz"  # the RefSeq genome sequences they annotate
 IDENTIFIED_NUCLEOTIDE_SUFFIX = "identified_nucleotide.fa"
 IDENTIFIED_PROTEIN_SUFFIX = "identified_protein.fa"
 MERGE_DIR_NAME = "data_merge"
