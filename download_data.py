@@ -26,7 +26,6 @@ from typing import Sequence
 
 from virnucpro import cli
 from virnucpro.download import GENOMES_DIR, ORIGINAL_MODELS_DIR, DownloadRequest, run_download
-from virnucpro.download import make_session  # noqa: F401 - re-exported: callers of download_data.make_session()
 
 PROG = "download_data.py"
 DEFAULTS = DownloadRequest()

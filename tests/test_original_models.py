@@ -13,7 +13,7 @@ import torch
 import download_data
 from test_convert_checkpoint import save_original
 from virnucpro.original_models import ORIGINAL_COMMIT
-from virnucpro import original_models
+from virnucpro import download, original_models
 from virnucpro.defaults import ESM2_3B_MODEL
 from virnucpro.errors import DataSourceError
 from virnucpro.original_models import OriginalModel, fetch_and_convert, git_blob_id
@@ -106,7 +106,7 @@ def test_fetch_verify_convert_and_rerun_skips(tmp_path, originals):
     files, models = originals
     out = tmp_path / "out"
     with Server(files) as server:
-        written = fetch_and_convert(download_data.make_session(), out, models=models, url_template=server.template,
+        written = fetch_and_convert(download.make_session(), out, models=models, url_template=server.template,
                                     progress=False)
         assert [p.name for p in written] == ["300_model_esm2_3b.pth", "500_model_esm2_3b.pth"]
         assert [path for path, _ in server.requests] == [f"/{ORIGINAL_COMMIT}/{name}" for name in ("300_model.pth", "500_model.pth")]
@@ -118,10 +118,10 @@ def test_fetch_verify_convert_and_rerun_skips(tmp_path, originals):
         assert not list(out.glob("*.part"))
         # a rerun finds everything done; with the converted files gone, it reconverts from the verified originals
         server.requests.clear()
-        fetch_and_convert(download_data.make_session(), out, models=models, url_template=server.template,
+        fetch_and_convert(download.make_session(), out, models=models, url_template=server.template,
                           progress=False)
         written[0].unlink()
-        fetch_and_convert(download_data.make_session(), out, models=models, url_template=server.template,
+        fetch_and_convert(download.make_session(), out, models=models, url_template=server.template,
                           progress=False)
         assert server.requests == []
         assert written[0].is_file()
@@ -133,12 +133,12 @@ def test_interrupted_download_resumes_with_range(tmp_path, originals):
     with Server(files) as server:
         server.cut_after = 300_000
         with pytest.raises(requests.RequestException):  # the CLI turns it into a one-line exit 3
-            fetch_and_convert(download_data.make_session(), out, models=models[:1],
+            fetch_and_convert(download.make_session(), out, models=models[:1],
                               url_template=server.template, progress=False)
         have = (out / "300_model.pth.part").stat().st_size
         assert 0 < have <= 300_000
         assert not (out / "300_model.pth").exists()
-        fetch_and_convert(download_data.make_session(), out, models=models[:1], url_template=server.template,
+        fetch_and_convert(download.make_session(), out, models=models[:1], url_template=server.template,
                           progress=False)
         assert server.requests[-1] == ("/0f93f2755a7ea1acd3ff1bcf182892f960ef3326/300_model.pth", f"bytes={have}-")
     assert (out / "300_model.pth").read_bytes() == files["300_model.pth"]
@@ -185,7 +185,7 @@ def test_present_original_with_wrong_id_is_left_alone(tmp_path, originals):
     (out / "300_model.pth").write_bytes(b"someone else's file")
     with Server(files) as server:
         with pytest.raises(Exception, match="move it away"):
-            fetch_and_convert(download_data.make_session(), out, models=models[:1], url_template=server.template,
+            fetch_and_convert(download.make_session(), out, models=models[:1], url_template=server.template,
                               progress=False)
         assert server.requests == []
     assert (out / "300_model.pth").read_bytes() == b"someone else's file"

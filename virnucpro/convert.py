@@ -8,13 +8,12 @@ at import (torch loads when the file is read).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .defaults import DNABERT_S_DIM, DNABERT_S_MODEL, ESM2_3B_MODEL
 from .errors import EXIT_OK, CheckpointError, InputError
-from .files import require_file, require_writable_dir
+from .files import require_file, require_writable_dir, same_file
 
 log = logging.getLogger("virnucpro.convert")
 
@@ -35,7 +34,7 @@ class ConversionRequest:
 def check_paths(source: Path, target: Path, force: bool) -> None:
     """InputError (one line) for every problem of SOURCE and TARGET that shows before SOURCE is read."""
     require_file(source, "model file", CheckpointError)
-    if target.resolve() == source.resolve() or (target.exists() and os.path.samefile(target, source)):
+    if same_file(target, source):
         raise InputError(f"{target}: TARGET must differ from SOURCE")
     if target.is_dir():
         raise InputError(f"{target}: is a directory (TARGET needs a file name)")

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
-from .errors import FeatureFileError
+from .errors import FeatureFileError, first_line
 from .files import atomic_torch_save
 from .outputs import VERSION_KEY
 from .provenance import LOADER_KEY, REVISION_KEYS
@@ -76,7 +76,7 @@ def load_feature_object(path: str | os.PathLike, what: str = "feature file", *, 
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not usable
         raise FeatureFileError(f"{path}: not a readable {what} ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+                               f"{first_line(exc) if str(exc).strip() else ''})") from None
 
 
 def _rows_to_tensor(path: Path, rows: Any, what: str) -> torch.Tensor:

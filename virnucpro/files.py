@@ -173,3 +173,17 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(HASH_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_identity(path: Path) -> tuple:
+    """What makes two names the same file: device and inode when it exists, else the resolved path."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return ("path", str(Path(path).resolve()))
+    return ("inode", found.st_dev, found.st_ino)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name the same file (hard and symbolic links included, or the same path)."""
+    return file_identity(a) == file_identity(b)

@@ -20,7 +20,7 @@ import torch
 
 from .classifier import MLPClassifier, check_finite_weights, inspect_checkpoint_file, save_checkpoint
 from .defaults import DNABERT_S_DIM, DNABERT_S_MODEL, ESM2_3B_MODEL
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 #: The module names the original train.py's class was pickled under.
 LEGACY_CLASS_PATHS = ("__main__.MLPClassifier", "train.MLPClassifier")
@@ -67,7 +67,7 @@ def read_legacy_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(_allowlist()):
             root = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - whatever the loader refuses is refused
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if "Weights only load failed" in first:
             first = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line
                           or "Trying" in line or "Can only" in line), first)[:200]
@@ -119,7 +119,7 @@ def convert_legacy_checkpoint(source: str | os.PathLike, target: str | os.PathLi
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{source}: weights do not fit an MLPClassifier ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{source}: weights do not fit an MLPClassifier ({first_line(exc, 1000)})") from None
     model.eval()
     return save_checkpoint(target, model, dna_model=dna_model, dna_dim=dna_dim, protein_model=protein_model,
                            protein_dim=int(input_dim) - dna_dim, chunk_size=chunk_size,

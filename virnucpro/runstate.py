@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
 from .errors import InputError, VirNucProError
-from .files import atomic_write, remove_temp_files
+from .files import atomic_write, remove_temp_files, same_file
 from .outputs import VERSION_KEY
 from .results import verified_shard
 from .rundir import SHARD_FEATURES_GLOB, WORK_DIR_NAME, RunDir, WorkDir
@@ -67,14 +66,6 @@ def remove_own_files(run: RunDir) -> None:
             features.rmdir()  # the user keeps other files there
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        first, second = os.stat(a), os.stat(b)
-    except OSError:
-        return False
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
-
-
 def check_inputs_are_not_outputs(run: RunDir, protected: Sequence[tuple[str, Path]]) -> None:
     """Refuse (one line) when an input of the run (``(what, path)`` pairs) lies among the files it writes or removes.
 
@@ -88,7 +79,7 @@ def check_inputs_are_not_outputs(run: RunDir, protected: Sequence[tuple[str, Pat
         if not path.exists():
             continue
         real = path.resolve()
-        hit = resolved.get(real) or next((p for p in ours if _same_file(p, path)), None)
+        hit = resolved.get(real) or next((p for p in ours if same_file(p, path)), None)
         if hit is not None:
             raise InputError(f"{path}: the {what} is inside OUTDIR under an output's name ({hit.name}); move or "
                              "rename it, or choose another OUTDIR")

@@ -88,15 +88,6 @@ class TrainingRequest:
                 for name, value in sorted((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))}
 
 
-def _file_key(path: Path) -> tuple:
-    """What makes two names the same file: device and inode when it exists, else the resolved path."""
-    try:
-        found = path.stat()
-    except OSError:
-        return ("path", str(path.resolve()))
-    return ("inode", found.st_dev, found.st_ino)
-
-
 def check_log_file(path: Path) -> None:
     """InputError unless ``path`` is absent or a writable regular file (never a link: the log is appended to)."""
     try:
@@ -119,7 +110,7 @@ def output_paths(request: TrainingRequest, inputs: Sequence[Path] = ()) -> tuple
     file, none a training input, none a ``*.pt`` in a sub-folder of --data-dir (the next run
     would read it as training data); the log must be absent or a regular file.
     """
-    from .files import require_writable_dir
+    from .files import file_identity, require_writable_dir
 
     out_path = request.checkpoint
     metrics_path = request.metrics_json if request.metrics_json is not None else out_path.with_suffix(".json")
@@ -130,13 +121,13 @@ def output_paths(request: TrainingRequest, inputs: Sequence[Path] = ()) -> tuple
             raise InputError(f"{path}: is a directory ({what} needs a file name)")
     seen: dict[tuple, str] = {}
     for what, path in named:
-        other = seen.setdefault(_file_key(path), what)
+        other = seen.setdefault(file_identity(path), what)
         if other != what:
             raise InputError(f"{path}: {what} and {other} name the same file; give them different names")
-    input_keys = {_file_key(path) for path in inputs}
+    input_keys = {file_identity(path) for path in inputs}
     data_dir = request.data_dir.resolve()
     for what, path in named:
-        if _file_key(path) in input_keys:
+        if file_identity(path) in input_keys:
             raise InputError(f"{path}: {what} is one of the training inputs (a merged feature file); "
                              "writing it would destroy the data")
         if path.suffix == ".pt" and path.resolve().parent.parent == data_dir:
