@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from virnucpro import dupcheck, shardindex
+from virnucpro import dupcheck, rundir, shardindex
 from virnucpro.errors import InputError
 from virnucpro.fasta import read_fasta
 from virnucpro.shards import chunk_count
@@ -85,7 +85,7 @@ def test_index_is_saved_and_reused_only_for_the_unchanged_file(tmp_path):
     with path.open("ab") as handle:
         handle.write(b">extra\nACGT\n")
     assert shardindex.load_index(work, source, 300, 7) is None
-    (work / shardindex.INDEX_NAME).write_text("{not json")
+    rundir.WorkDir(work).index.write_text("{not json")
     assert shardindex.load_index(work, shardindex.input_source(path), 300, 7) is None
 
 
@@ -142,7 +142,7 @@ def test_stream_input_is_read_once_and_spooled(tmp_path, monkeypatch):
     plain = tmp_path / "in.fa"
     plain.write_bytes(data)
     reference = build(plain, tmp_path / "w2")
-    assert index.spooled and (work / shardindex.SPOOL_NAME).is_file()
+    assert index.spooled and rundir.WorkDir(work).spool.is_file()
     assert [s.chunks for s in index.shards] == [s.chunks for s in reference.shards]
     assert flatten(all_pieces(index, work)) == flatten(all_pieces(reference, tmp_path / "w2"))
 
