@@ -110,6 +110,8 @@ class IndexPass:
             with self._guard():
                 index = build_index(self.source, self.work, self.chunk_size, self.shard_chunks,
                                     on_start=self._started, on_shard=self._shard)
+                if self._cancel.is_set():
+                    raise PassCancelled()
                 # The shards not published yet are decided before the hash makes the pass count as done.
                 last = [(k, entry, self._pending(k, entry)) for k, entry in enumerate(index.shards)
                         if k >= self._published]
@@ -216,20 +218,22 @@ class IndexFollower:
         self._last_news = time.monotonic()
 
     def wait_for_work(self) -> bool:
-        """Wait until this rank owns a pending shard (True) or the log ended without one (False)."""
-        while not self._mine:
-            if self.ended or self._stopped():
+        """Wait until this rank owns a pending shard (True) or the log ended without one, or aborted (False)."""
+        while not self._stopped():
+            if self._mine:
+                return True
+            if self.ended:
                 return False
             self._wait()
-        return True
+        return False
 
     def shards(self, stop: threading.Event | None = None) -> Iterator[int]:
         """This rank's pending shards as they are published (until the end line, an abort or ``stop``)."""
-        while True:
+        while not self._stopped() and not (stop is not None and stop.is_set()):
             if self._mine and (self._local or self.ended):
                 self.taken += 1
                 yield self._mine.popleft()
-            elif self.ended or self._stopped() or (stop is not None and stop.is_set()):
+            elif self.ended:
                 return
             else:
                 self._wait()

@@ -177,6 +177,14 @@ class _TeeReader(io.RawIOBase):
         return count
 
 
+class _ArrivedBytes(io.BufferedReader):
+    """A buffered reader whose ``read(n)`` gives the bytes at hand (at most one read of a pipe), so that a
+    gzip stream's reader decompresses what has arrived instead of waiting for a whole block of it."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read1(size) if size is not None and size > 0 else super().read(size)
+
+
 class _Layout:
     """Cuts records into shards of about ``shard_chunks`` chunks (a record longer than that is split).
 
@@ -249,6 +257,7 @@ def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: 
     """
     work.mkdir(parents=True, exist_ok=True)
     records_digest = hashlib.blake2b(digest_size=RECORDS_DIGEST_BYTES)
+    digest_record = records_digest.update
     layout = _Layout(shard_chunks, records_digest.hexdigest)
     duplicates = DuplicateIds(work, dup_buffer_entries or DEFAULT_BUFFER_ENTRIES)
     records = chunks = published = 0
@@ -258,7 +267,7 @@ def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: 
             raw = stack.enter_context(source.open_raw())
             spool, growing = stack.enter_context(_spool_writer(WorkDir(work).spool)) if source.stream else (None, None)
             tee = _TeeReader(raw, spool)
-            handle = stack.enter_context(decompressed(io.BufferedReader(tee, _READ_BLOCK)))
+            handle = stack.enter_context(decompressed(_ArrivedBytes(tee, _READ_BLOCK)))
             fmt = sniff_format(handle)
             if on_start is not None:
                 on_start(fmt, growing)
@@ -270,7 +279,7 @@ def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: 
                         on_shard(k, layout.shards[k])
                     published = len(layout.shards)
                 total = chunk_count(len(record.seq), chunk_size)
-                records_digest.update(f"{record.id}\n{record.seq}\n".encode(TEXT_ENCODING, TEXT_ERRORS))
+                digest_record(f"{record.id}\n{record.seq}\n".encode(TEXT_ENCODING, TEXT_ERRORS))
                 duplicates.add(record.id, offset)
                 layout.add(offset, record.id, total)
                 records += 1
