@@ -58,11 +58,26 @@ class Feeder:
         os.close(self.read_end)
 
 
-def start_pass(source: shardindex.InputSource, work: Path, earlier: dict | None = None) -> indexstream.IndexPass:
-    """A pass into ``work``, as a run begun without the input's hash would start it."""
+def start_pass(source: shardindex.InputSource, work: Path, resume: bool = False) -> indexstream.IndexPass:
+    """A pass into ``work``, as a run begun without the input's hash would start it (``resume``: as a
+    relaunch of one killed during its pass)."""
     work.mkdir(parents=True, exist_ok=True)
-    runstate.write_manifest(rundir.WorkDir(work).manifest, {"chunk_size": CHUNK})
-    return indexstream.IndexPass(source, work, CHUNK, SHARD, earlier or {}).start()
+    if not resume:
+        runstate.write_manifest(rundir.WorkDir(work).manifest, {"chunk_size": CHUNK})
+    index_pass = indexstream.IndexPass(source, work, CHUNK, SHARD, outdir=work.parent, resume=resume)
+    PASSES.append(index_pass)
+    return index_pass.start()
+
+
+PASSES: list[indexstream.IndexPass] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_passes():
+    """Every pass a test started is stopped (its child process gone) when the test ends."""
+    yield
+    while PASSES:
+        PASSES.pop().stop()
 
 
 def follower(index_pass: indexstream.IndexPass, rank: int = 0, world: int = 1, producer: bool = True):
@@ -130,7 +145,8 @@ def test_a_late_duplicate_stops_the_followers_and_its_shard_is_never_published(t
     assert not rank1.wait_for_work() and list(rank1.shards()) == []  # the others stop quietly
     assert rank1.aborted and not rank1.ended
     lines = [json.loads(line) for line in index_pass.log.read_text().splitlines()]
-    assert lines[0]["kind"] == "start" and lines[-1] == {"kind": "abort"}
+    assert lines[0]["kind"] == "start" and lines[-1]["kind"] == "abort"
+    assert lines[-1]["error"] == "virnucpro.errors:InputError" and "'r3'" in lines[-1]["message"]
     published = [line["k"] for line in lines if line["kind"] == "shard"]
     renamed = write(tmp_path / "ok.fa", [*records[:-1], ("r3b", records[-1][1])])  # the same layout
     reference = shardindex.build_index(shardindex.input_source(renamed), tmp_path / "ref", CHUNK, SHARD)
@@ -171,10 +187,8 @@ def test_a_killed_launchs_shards_stay_done_only_for_the_same_records(tmp_path):
     index = follower(killed).complete_index()
     count = len(index.shards)
     finish_shards(index, work, [0, 1, 2, 5, count - 2])
-    earlier = indexstream.previous_entries(work)
-    assert sorted(earlier) == list(range(count))
 
-    same = pending_of(start_pass(shardindex.input_source(original), work, earlier))
+    same = pending_of(start_pass(shardindex.input_source(original), work, resume=True))
     assert [k for k, pending in same.items() if not pending] == [0, 1, 2, 5, count - 2]
 
     # the same lengths and layout, another base in the first record of a shard j >= 3: the shards
@@ -185,15 +199,15 @@ def test_a_killed_launchs_shards_stay_done_only_for_the_same_records(tmp_path):
     seq = changed[position][1]
     changed[position][1] = ("C" if seq[0] != "C" else "G") + seq[1:]
     edited = write(tmp_path / "edited.fa", [tuple(r) for r in changed])
-    kept = pending_of(start_pass(shardindex.input_source(edited), work, earlier))
+    kept = pending_of(start_pass(shardindex.input_source(edited), work, resume=True))
     expected = [k for k in (0, 1, 2, 5, count - 2) if k < j]
     assert [k for k, pending in kept.items() if not pending] == expected
     assert {p.name for p in rundir.WorkDir(work).done_markers()} == {rundir.WorkDir(work).done(k).name
                                                                      for k in expected}
     assert all(verified_shard(work, k, index.shards[k].chunks) for k in expected)
 
-    # no earlier entries (a new run, or a log that was lost): no marker is trusted
-    fresh = pending_of(start_pass(shardindex.input_source(original), work, {}))
+    # a new run (no manifest: the log is not read), or a lost log: no marker is trusted
+    fresh = pending_of(start_pass(shardindex.input_source(original), work))
     assert all(fresh.values()) and not rundir.WorkDir(work).done_markers()
 
 
@@ -211,6 +225,6 @@ def test_a_stopped_pass_tells_the_followers_and_leaves_no_spool(tmp_path):
         assert other.aborted and not other.wait_for_work() and list(other.shards()) == []
     finally:
         feeder.close()
-    wait_until(lambda: not index_pass._thread.is_alive(), "the pass thread to stop")
-    assert not list(work.glob(".*.tmp"))  # the growing spool was removed
-    assert not rundir.WorkDir(work).index.exists()  # a cancelled pass saves nothing
+    assert index_pass.exit_code() is not None  # the pass process is gone ...
+    assert not list(work.glob(".*.tmp")) and not list(work.glob("dupcheck_*"))  # ... and removed its files
+    assert not rundir.WorkDir(work).index.exists()  # a stopped pass saves nothing

@@ -68,7 +68,8 @@ def done_markers(out: Path) -> set[int]:
     return {int(p.name.split("_")[1].split(".")[0]) for p in (out / rundir.WORK_DIR_NAME).glob("shard_*.done")}
 
 
-def test_the_first_shard_is_scored_before_the_input_pass_ends(predict, tmp_path, golden_dir, capsys, monkeypatch):
+def test_the_first_shard_is_scored_before_the_input_pass_ends(predict, tmp_path, golden_dir, capfd, monkeypatch):
+    """The log of both processes (this one scores, the pass's child process reads the input) says so, in order."""
     from virnucpro import predict as engine
 
     data = gzip.compress((golden_dir / "reads.fa").read_bytes())  # a gzip stream: its spool is read as it grows
@@ -87,7 +88,7 @@ def test_the_first_shard_is_scored_before_the_input_pass_ends(predict, tmp_path,
         assert predict(pipe.path, out, "--shard-size", "10") == 0
     finally:
         pipe.close()
-    err = capsys.readouterr().err.splitlines()
+    err = capfd.readouterr().err.splitlines()
     assert pipe.ready_in_time, "shard 0 was not scored while the input was still being read"
     assert loaded_while_reading == [True]  # the models loaded while the pass waited for the rest
     scored = [i for i, line in enumerate(err) if "INFO: shard 0: " in line]

@@ -14,6 +14,7 @@ three-stage pipeline; rank 0 joins them into the final outputs once the pass has
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import re
@@ -247,9 +248,11 @@ def shard_feed(plan: RunPlan) -> ShardFeed:
 
 
 def open_the_run(request: PredictionRequest, device: torch.device, held: contextlib.ExitStack) -> RunPlan:
-    """Input checks, OUTDIR lock, manifest, --force, validation pass and shard index: once, on rank 0.
+    """Input checks, OUTDIR lock, manifest, --force, and the validation pass: once, on rank 0.
 
-    The lock joins ``held``, so it lasts until the whole job (every rank) is done.
+    The pass is one whole pass before anything is scored when an earlier launch's pass ended,
+    else it is started in a child process that publishes the shards as it lays them out.  The
+    lock and the pass join ``held``, so they last until the whole job (every rank) is done.
     """
     from .runlock import RunLock
     from .shardindex import input_source
@@ -286,7 +289,7 @@ def remove_if_unused(run: RunDir, remove_outdir: bool) -> None:
 
 def _open_locked(request: PredictionRequest, run: RunDir, source: InputSource, device: torch.device,
                  force: bool, held: contextlib.ExitStack) -> RunPlan:
-    from .indexstream import IndexPass, previous_entries
+    from .indexstream import IndexPass
     from .runstate import begin_run, check_run, input_pass_recorded, pending_shards, record_index
     from .scoring import load_classifier
     from .shardindex import build_index, load_index
@@ -297,7 +300,7 @@ def _open_locked(request: PredictionRequest, run: RunDir, source: InputSource, d
     revisions = model_revisions(request.models, checkpoint, models, request.strict_models)
     options = request.models.resolved_for(device.type)
     settings = run_settings(request, checkpoint, device.type, revisions, models, options)
-    index_says = lambda: disk_full_says(request.outdir, "the shard index (or a piped input's spool)")  # noqa: E731
+    index_says = functools.partial(disk_full_says, request.outdir, "the shard index (or a piped input's spool)")
 
     with index_says():
         previous = check_run(run, settings, force, protected=run_inputs(source, path, models))
@@ -310,11 +313,13 @@ def _open_locked(request: PredictionRequest, run: RunDir, source: InputSource, d
             finished = record_index(run, settings, previous, index)
             return RunPlan(run, checkpoint, index, pending_shards(work, index), finished, revisions, models,
                            options)
-        earlier = previous_entries(work) if previous is not None else {}  # a launch killed during its pass
         begin_run(run, settings, previous)
-        index_pass = IndexPass(source, work, request.length, request.shard_size, earlier, guard=index_says)
-    held.callback(index_pass.stop)
-    index_pass.start()
+        # previous: a launch killed during its pass, whose index log says which finished shards may be kept
+        index_pass = IndexPass(source, work, request.length, request.shard_size, outdir=request.outdir,
+                               resume=previous is not None, guard=index_says, log_level=log.getEffectiveLevel(),
+                               log_prefix=distributed.log_prefix())
+        held.callback(index_pass.stop)
+        index_pass.start()
     return RunPlan(run, checkpoint, None, [], False, revisions, models, options, index_log=index_pass.log,
                    index_pass=index_pass)
 
