@@ -327,7 +327,7 @@ def _dna_tokenizer(seed: int, vocab_size: int):
 def build_dnabert_standin(directory: str | os.PathLike, *, num_heads: int = 4, intermediate_size: int = 96,
                           vocab_size: int = 120, seed: int = 0, num_layers: int = 1,
                           weights_file: str = "model.safetensors", bert_prefix: bool = False,
-                          pooler: bool = True) -> Path:
+                          pooler: bool = True, hidden_size: int = 768) -> Path:
     """Write a DNABERT-S-like model (hidden 768, one layer unless told) and its BPE tokenizer into ``directory``.
 
     The real checkpoint is a ``pytorch_model.bin`` of about 470 MB whose key prefix and pooler
@@ -346,7 +346,7 @@ def build_dnabert_standin(directory: str | os.PathLike, *, num_heads: int = 4, i
         "auto_map": {"AutoConfig": "configuration_bert.BertConfig",
                      "AutoModel": "bert_layers.BertModel"},
         "vocab_size": len(tokenizer),
-        "hidden_size": 768,
+        "hidden_size": hidden_size,
         "num_hidden_layers": num_layers,
         "num_attention_heads": num_heads,
         "intermediate_size": intermediate_size,

@@ -6,7 +6,9 @@ and marked slow.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
 import os
 import random
 import re
@@ -14,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +30,7 @@ try:  # the checkpoint fixture lives in test_prediction, or in conftest once it 
     from test_prediction import checkpoint_300  # noqa: F401
 except ImportError:
     pass
-from virnucpro import assemble, distributed, rundir
+from virnucpro import assemble, distributed, rundir, runstate
 from virnucpro.errors import InputError, RunFailedError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -354,6 +357,95 @@ def test_sigkilled_job_resumes_on_three_ranks_then_in_one_process(reads, predict
                                                              capsys.readouterr().err)}
     assert by_one and not by_one & second
     assert outdir_files(out) == expected and not temp_files(out)
+
+
+class FifoFeeder:
+    """Writes ``data`` into the named pipe ``fifo`` from a thread; with ``hold`` keeps it open until :meth:`close`
+    (the job's input pass then cannot end)."""
+
+    def __init__(self, fifo: Path, data: bytes, hold: bool):
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+        def feed() -> None:
+            try:
+                with open(fifo, "wb") as pipe:  # blocks until rank 0 opens the input
+                    pipe.write(data)
+                    pipe.flush()
+                    self.release.wait(300)
+            except BrokenPipeError:
+                pass  # the job was killed
+
+        self.thread = threading.Thread(target=feed, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.thread.join(30)
+
+
+@pytest.mark.slow
+def test_job_killed_during_its_input_pass_resumes_on_another_rank_count(reads, predict_args, expected, tmp_path):
+    """Killed on 2 ranks while rank 0 still reads the input (a named pipe held open), with shards already
+    finished; resumed on 3 ranks, the finished shards are kept and the outputs are those of one process."""
+    fifo = tmp_path / "reads.fa"  # the stem of the outputs, as for READS
+    os.mkfifo(fifo)
+    data = reads.read_bytes()
+    out = tmp_path / "out"
+    work = out / rundir.WORK_DIR_NAME
+    feeder = FifoFeeder(fifo, data[:len(data) // 2], hold=True)
+    job = start_torchrun(tmp_path / "two.log", 2, "prediction.py", *predict_args(fifo, out))
+    try:
+        wait_for_done_shards(job, work, 2)
+        assert not feeder.release.is_set()  # the pass is still waiting for the rest of the input
+    finally:
+        kill_job(job)
+        feeder.close()
+    first = done_markers(out)
+    killed_log = (tmp_path / "two.log").read_text()
+    assert {r for r, _ in scored_shards(killed_log)} <= {0, 1} and "input pass done" not in killed_log
+    assert runstate.INPUT_HASH_KEY not in json.loads((work / rundir.MANIFEST_NAME).read_text())
+    assert not (out / rundir.SUMMARY_NAME).exists()
+
+    wait_unlocked(out)
+    feeder = FifoFeeder(fifo, data, hold=False)
+    try:
+        done = torchrun(3, "prediction.py", *predict_args(fifo, out))
+    finally:
+        feeder.close()
+    assert done.returncode == 0, done.stderr
+    by_three = {f"shard_{k:06d}.done" for _, k in scored_shards(done.stderr)}
+    assert by_three and not by_three & first  # the shards finished before the kill were not scored again
+    assert {r for r, _ in scored_shards(done.stderr)} == {0, 1, 2}
+    assert outdir_files(out) == expected and not temp_files(out)
+
+
+@pytest.mark.slow
+def test_a_bad_record_found_late_on_two_ranks_is_one_line_and_no_hang(reads, predict_args, tmp_path):
+    """Both ranks are scoring when rank 0's pass meets a bad record: one line, exit 2, nothing final, no hang."""
+    fifo = tmp_path / "late.fa"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    feeder = FifoFeeder(fifo, reads.read_bytes(), hold=True)
+    job = start_torchrun(tmp_path / "job.log", 2, "prediction.py", *predict_args(fifo, out, "-q"))
+    try:
+        wait_for_done_shards(job, out / rundir.WORK_DIR_NAME, 2)
+    except BaseException:
+        kill_job(job)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            with open(fifo, "wb", buffering=0) as more:  # a second writer: its bytes follow the first's
+                more.write(b">s9\nACGTXQ\n")
+        feeder.close()
+    assert job.wait(timeout=120) != 0  # torchrun's own code: 1 for a failed job ...
+    log = (tmp_path / "job.log").read_text()
+    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s*exitcode\s*: 2 ", log), log  # ... rank 0's: 2
+    lines = error_lines(log, "prediction.py")
+    assert len(lines) == 1 and "s9" in lines[0] and str(fifo) in lines[0], log
+    assert_no_traceback_of_ours(log)
+    assert not [p for p in out.iterdir() if p.is_file() and p.name != rundir.LOCK_NAME]
 
 
 @pytest.mark.slow

@@ -135,7 +135,8 @@ def check_shards_done(work: Path, index: ShardIndex) -> None:
 
 
 def finalise(run: RunDir, index: ShardIndex) -> None:
-    """Check every shard, join them into the final outputs, mark the run finished, remove the shards."""
+    """Check every shard, join them into the final outputs, mark the run finished, remove the shards (and the
+    spool and index log)."""
     work = run.work
     check_shards_done(work.path, index)
     parts = {part: [work.shard(i, part) for i in range(len(index.shards))] for part in SHARD_PARTS}
@@ -152,4 +153,5 @@ def finalise(run: RunDir, index: ShardIndex) -> None:
     for path in work.shard_files():
         path.unlink()
     work.spool.unlink(missing_ok=True)
+    work.index_log.unlink(missing_ok=True)  # a finished run resumes from its saved index
     remove_temp_files(work.path)

@@ -126,10 +126,14 @@ def rank_device(requested: str) -> "torch.device":
     return torch.device("cuda", local_rank())
 
 
+def log_prefix() -> str:
+    """What starts this rank's log lines: ``[rank r/w] `` under torchrun, else nothing."""
+    return f"[rank {rank()}/{world_size()}] " if world_size() > 1 else ""
+
+
 def _rank_log_prefix() -> None:
-    prefix = f"[rank {rank()}/{world_size()}] "
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(prefix + "%(levelname)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(log_prefix() + "%(levelname)s: %(message)s"))
 
 
 def launch(body: Callable[[], int | None]) -> int | None:
@@ -199,8 +203,8 @@ def _outcome(error: BaseException | None) -> Outcome | None:
     return exit_code_of(error), isinstance(error, VirNucProError), kind, str(error)
 
 
-def _rebuild(kind: str, message: str) -> VirNucProError:
-    """The same user error on rank 0 as on the rank that raised it."""
+def rebuild_error(kind: str, message: str) -> VirNucProError:
+    """The same user error here as in the process that raised it (its ``module:Class`` and message)."""
     import importlib
 
     module, _, name = kind.partition(":")
@@ -230,7 +234,7 @@ def _stop_if_failed(outcomes: Sequence[Outcome | None], own: BaseException | Non
         if own is not None:
             raise own
         if printable:
-            raise _rebuild(kind, message)
+            raise rebuild_error(kind, message)
         log.error("rank %d failed unexpectedly (see its log above)", first_rank)
     raise PeerFailure(code)
 

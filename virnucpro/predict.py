@@ -2,21 +2,28 @@
 
 :func:`run_prediction` takes one frozen :class:`PredictionRequest` (built by ``prediction.py``
 from its command line, or by evaluate.py, the benchmarks, a notebook).  Rank 0 opens the run
-(checks, OUTDIR lock, manifest, the one input pass and shard index) and reads the checkpoint
-once; the models, revisions, precisions and batch size are resolved once there and handed to
-every rank in the :class:`RunPlan`; every rank scores its share of the pending shards in a
-three-stage pipeline; rank 0 joins them into the final outputs.
+(checks, OUTDIR lock, manifest) and reads the checkpoint once; the models, revisions,
+precisions and batch size are resolved once there and handed to every rank in the
+:class:`RunPlan`.  The one validating input pass then runs in a background thread on rank 0
+and publishes each shard as it lays it out (:mod:`virnucpro.indexstream`): every rank loads
+its models meanwhile and scores its share of the pending shards as they appear, in a
+three-stage pipeline; rank 0 joins them into the final outputs once the pass has ended
+(duplicate ids, the input's hash).  A resume of a run whose pass ended uses its saved index
+(or, for a stream, one whole pass checked against the recorded hash before anything is scored).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import queue
 import re
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 from . import distributed, outputs
 from .defaults import DNABERT_S_MODEL, FASTESM_MODEL, MAX_CHUNK_LENGTH
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
     import torch
 
     from .classifier import LoadedCheckpoint
+    from .indexstream import IndexFollower, IndexPass, ListedShards
     from .scoring import Scorer
     from .shardindex import InputSource, ShardIndex
     from .trust import ModelChoice
@@ -57,20 +65,33 @@ class PredictionRequest:
 
 @dataclass
 class RunPlan:
-    """What rank 0 opened, handed to every rank: the run's files, its resolved settings, what is still to score."""
+    """What rank 0 opened, handed to every rank: the run's files, its resolved settings, what is still to score.
+
+    Either the whole ``index`` and its ``pending`` shards, or (``index`` None) the ``index_log``
+    that rank 0's input pass (``index_pass``, on rank 0 only) is publishing the shards in.
+    """
 
     run: RunDir
     checkpoint: LoadedCheckpoint
-    index: ShardIndex
+    index: ShardIndex | None
     pending: list[int]
     finished: bool
     revisions: dict[str, str]
     models: dict[str, ModelChoice]  # dna/protein
     options: ModelOptions  # precisions and batch size resolved for the device
+    index_log: Path | None = None
+    index_pass: IndexPass | None = field(default=None, repr=False, compare=False)
 
     @property
     def work(self) -> Path:
         return self.run.work.path
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "index_pass": None}  # the pass thread stays on rank 0
+
+
+#: This rank's shards: listed (a complete index) or followed as the input pass publishes them.
+ShardFeed = Union["ListedShards", "IndexFollower"]
 
 
 def run_prediction(request: PredictionRequest) -> int:
@@ -188,31 +209,50 @@ def _predict(request: PredictionRequest) -> int:
     from .assemble import finalise
 
     device = distributed.together(lambda: distributed.rank_device(request.models.device))
-    with contextlib.ExitStack() as held:  # on rank 0: the OUTDIR lock, held until the job ends
+    with contextlib.ExitStack() as held:  # on rank 0: the OUTDIR lock (and the input pass), until the job ends
         plan = distributed.on_main(lambda: open_the_run(request, device, held))
         if plan.finished:
             log.info("%s is complete already (use --force to recompute)", request.outdir)
             return EXIT_OK
-        mine = distributed.my_share(plan.pending)
-        if distributed.world_size() > 1:
-            log.info("%d of %d pending shard(s) for this rank", len(mine), len(plan.pending))
-        # the models' first use: one process at a time writes a shared Hugging Face cache
-        scorer = distributed.together(lambda: load_run_scorer(request, plan, device), turns=True, run=bool(mine))
-        distributed.together(lambda: score_shards(request, plan, scorer, mine))
+        feed = shard_feed(plan)
+        if distributed.world_size() > 1 and plan.index is not None:
+            log.info("%d of %d pending shard(s) for this rank", len(distributed.my_share(plan.pending)),
+                     len(plan.pending))
+        # The models' first use: one process at a time writes a shared Hugging Face cache.  A rank loads
+        # them once it owns a pending shard (while the input pass goes on), never when it has none.
+        scorer = distributed.together(lambda: load_run_scorer(request, plan, device) if feed.wait_for_work()
+                                      else None, turns=True)
+        distributed.together(lambda: score_shards(request, plan, scorer, feed))
+        if distributed.world_size() > 1 and plan.index is None:
+            log.info("%d of %d pending shard(s) were this rank's", feed.taken, feed.pending_total)
 
         def close() -> None:
+            index = feed.complete_index()  # the input pass has ended: every record checked, its hash recorded
             with disk_full_says(request.outdir, "the final outputs"):
-                finalise(plan.run, plan.index)
+                finalise(plan.run, index)
             log.info("results in %s", request.outdir)
 
         distributed.on_main(close)
     return EXIT_OK
 
 
-def open_the_run(request: PredictionRequest, device: torch.device, held: contextlib.ExitStack) -> RunPlan:
-    """Input checks, OUTDIR lock, manifest, --force, validation pass and shard index: once, on rank 0.
+def shard_feed(plan: RunPlan) -> ShardFeed:
+    """This rank's pending shards: its round-robin share of a complete index, or of the shards as published."""
+    from .indexstream import IndexFollower, ListedShards
 
-    The lock joins ``held``, so it lasts until the whole job (every rank) is done.
+    if plan.index_log is None:
+        assert plan.index is not None
+        return ListedShards(plan.index, distributed.my_share(plan.pending))
+    return IndexFollower(plan.index_log, plan.work, distributed.rank(), distributed.world_size(),
+                         producer=plan.index_pass, timeout_s=distributed.timeout().total_seconds())
+
+
+def open_the_run(request: PredictionRequest, device: torch.device, held: contextlib.ExitStack) -> RunPlan:
+    """Input checks, OUTDIR lock, manifest, --force, and the validation pass: once, on rank 0.
+
+    The pass is one whole pass before anything is scored when an earlier launch's pass ended,
+    else it is started in a child process that publishes the shards as it lays them out.  The
+    lock and the pass join ``held``, so they last until the whole job (every rank) is done.
     """
     from .runlock import RunLock
     from .shardindex import input_source
@@ -234,7 +274,7 @@ def open_the_run(request: PredictionRequest, device: torch.device, held: context
     force = request.force and distributed.first_launch()
     if request.force and not force:
         log.info("--force applies to the first launch of a job only (%s): resuming", distributed.restart_note())
-    return _open_locked(request, run, source, device, force)
+    return _open_locked(request, run, source, device, force, held)
 
 
 def remove_if_unused(run: RunDir, remove_outdir: bool) -> None:
@@ -248,8 +288,9 @@ def remove_if_unused(run: RunDir, remove_outdir: bool) -> None:
 
 
 def _open_locked(request: PredictionRequest, run: RunDir, source: InputSource, device: torch.device,
-                 force: bool) -> RunPlan:
-    from .runstate import open_run, pending_shards
+                 force: bool, held: contextlib.ExitStack) -> RunPlan:
+    from .indexstream import IndexPass
+    from .runstate import begin_run, check_run, input_pass_recorded, pending_shards, record_index
     from .scoring import load_classifier
     from .shardindex import build_index, load_index
 
@@ -259,16 +300,28 @@ def _open_locked(request: PredictionRequest, run: RunDir, source: InputSource, d
     revisions = model_revisions(request.models, checkpoint, models, request.strict_models)
     options = request.models.resolved_for(device.type)
     settings = run_settings(request, checkpoint, device.type, revisions, models, options)
+    index_says = functools.partial(disk_full_says, request.outdir, "the shard index (or a piped input's spool)")
 
-    def get_index(work: Path) -> ShardIndex:
-        # One pass validates the whole input, so bad records are reported before models load.
-        index = load_index(work, source, request.length, request.shard_size)
-        return index or build_index(source, work, request.length, request.shard_size)
-
-    with disk_full_says(request.outdir, "the shard index (or a piped input's spool)"):
-        work, index, finished = open_run(run, settings, force, get_index,
-                                         protected=run_inputs(source, path, models))
-    return RunPlan(run, checkpoint, index, pending_shards(work, index), finished, revisions, models, options)
+    with index_says():
+        previous = check_run(run, settings, force, protected=run_inputs(source, path, models))
+        work = run.work.path
+        if input_pass_recorded(previous):
+            # An earlier launch read the whole input: its saved index, else (a stream, a touched file) one
+            # whole pass whose hash must be the recorded one before anything is scored.
+            index = load_index(work, source, request.length, request.shard_size)
+            index = index or build_index(source, work, request.length, request.shard_size)
+            finished = record_index(run, settings, previous, index)
+            return RunPlan(run, checkpoint, index, pending_shards(work, index), finished, revisions, models,
+                           options)
+        begin_run(run, settings, previous)
+        # previous: a launch killed during its pass, whose index log says which finished shards may be kept
+        index_pass = IndexPass(source, work, request.length, request.shard_size, outdir=request.outdir,
+                               resume=previous is not None, guard=index_says, log_level=log.getEffectiveLevel(),
+                               log_prefix=distributed.log_prefix())
+        held.callback(index_pass.stop)
+        index_pass.start()
+    return RunPlan(run, checkpoint, None, [], False, revisions, models, options, index_log=index_pass.log,
+                   index_pass=index_pass)
 
 
 def run_inputs(source: InputSource, checkpoint: Path, models: dict[str, ModelChoice]) -> list[tuple[str, Path]]:
@@ -298,20 +351,34 @@ def load_run_scorer(request: PredictionRequest, plan: RunPlan, device: torch.dev
     return scorer
 
 
-def score_shards(request: PredictionRequest, plan: RunPlan, scorer: Scorer | None, shards: list[int]) -> None:
-    """Score the given shards of the plan, writing each one's files and then its ``done`` marker."""
+class _Failed:
+    """An error of the prefetch thread, handed to the scoring loop."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_NO_MORE = object()
+
+
+def score_shards(request: PredictionRequest, plan: RunPlan, scorer: Scorer | None,
+                 shards: Sequence[int] | ShardFeed) -> None:
+    """Score the given shards of the plan (a list, or a feed publishing them while the input pass runs),
+    writing each one's files and then its ``done`` marker."""
+    from .indexstream import ListedShards
     from .results import write_shard
     from .scoring import check_finite
     from .shardindex import ShardReader
     from .shards import preprocess_shard
 
-    features_dir = plan.run.features_dir if request.keep_features else None
-    if not shards or scorer is None:
+    if scorer is None:
         return
+    if isinstance(shards, Sequence):
+        assert plan.index is not None
+        shards = ListedShards(plan.index, shards)
+    feed = shards
+    features_dir = plan.run.features_dir if request.keep_features else None
     meta = scorer.meta
-
-    def prepare(k: int) -> Any:
-        return scorer.prepare(preprocess_shard(k, reader.read(k), request.length))
 
     def write(prepared: Any, features: Any) -> None:
         shard = prepared.shard
@@ -322,28 +389,46 @@ def score_shards(request: PredictionRequest, plan: RunPlan, scorer: Scorer | Non
         log.info("shard %d: %d sequences, %d chunks, %d frames scored", shard.index, len(shard.sequences),
                  shard.chunk_count, len(shard.frame_ids))
 
-    # Three stages overlap: the prefetch thread reads, frames and tokenises shard k+1 while
-    # this thread embeds shard k and the writer thread scores and writes shard k-1.  The
-    # reader is closed only after the prefetch thread, its only user (in shard order), stopped.
-    with ShardReader(plan.index, plan.work) as reader, ThreadPoolExecutor(max_workers=1) as prefetch, \
-            ThreadPoolExecutor(max_workers=1) as writer:
-        pending = written = None
+    # Three stages overlap: the prefetch thread waits for, reads, frames and tokenises shard k+1
+    # while this thread embeds shard k and the writer thread scores and writes shard k-1.  The
+    # prefetch thread is one shard ahead at most (``ahead``); the reader is its own.
+    ready: queue.Queue = queue.Queue()
+    ahead, stop = threading.Semaphore(1), threading.Event()
 
-        def embed_and_hand_over(prepared: Any) -> Any:
-            features = scorer.features(prepared)
+    def prefetch() -> None:
+        try:
+            with contextlib.ExitStack() as stack:
+                reader = None
+                for k in feed.shards(stop):
+                    ahead.acquire()
+                    if stop.is_set():
+                        return
+                    if reader is None:
+                        reader = stack.enter_context(ShardReader(feed.index, plan.work, feed.data_paths))
+                    ready.put(scorer.prepare(preprocess_shard(k, reader.read(k), request.length)))
+            ready.put(_NO_MORE)
+        except BaseException as exc:  # noqa: BLE001 - raised again by the scoring loop
+            ready.put(_Failed(exc))
+
+    reading = threading.Thread(target=prefetch, name="shard-prefetch", daemon=True)
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        reading.start()
+        written = None
+        try:
+            while (prepared := ready.get()) is not _NO_MORE:
+                if isinstance(prepared, _Failed):
+                    raise prepared.error
+                ahead.release()
+                features = scorer.features(prepared)
+                if written is not None:
+                    written.result()  # one shard in the writer at a time; its errors surface here
+                written = writer.submit(write, prepared, features)
             if written is not None:
-                written.result()  # one shard in the writer at a time; its errors surface here
-            return writer.submit(write, prepared, features)
-
-        for k in shards:
-            next_shard = prefetch.submit(prepare, k)
-            if pending is not None:
-                written = embed_and_hand_over(pending.result())
-            pending = next_shard
-        if pending is not None:
-            written = embed_and_hand_over(pending.result())
-        if written is not None:
-            written.result()
+                written.result()
+        finally:
+            stop.set()
+            ahead.release()
+            reading.join()
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 ``OUTDIR/`` holds the final outputs (the original's names), the lock of a live run, the
 kept feature files (``features/``) and the work directory ``.virnucpro_work/``: the run
-manifest, the shard index, a piped input's spool, the duplicate-id spill files and each
+manifest, the shard index (and its log, written while the input pass runs), a piped input's spool, the duplicate-id spill files and each
 shard's files with its ``done`` marker.  :class:`RunDir` names them for one input stem
 and chunk size; :class:`WorkDir` names what lies in the work directory.
 """
@@ -24,6 +24,8 @@ WORK_DIR_NAME = ".virnucpro_work"
 LOCK_NAME = ".virnucpro.lock"  # in OUTDIR, held while a run is live
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.json"
+#: The shard index as the input pass lays it out: one JSON line per shard, read by every rank meanwhile.
+INDEX_LOG_NAME = "index.jsonl"
 #: A piped input is copied here during the input pass, so shards can be read again.
 SPOOL_NAME = "input.spool"
 FEATURES_DIR_NAME = "features"
@@ -65,6 +67,10 @@ class WorkDir:
         return self.path / INDEX_NAME
 
     @property
+    def index_log(self) -> Path:
+        return self.path / INDEX_LOG_NAME
+
+    @property
     def spool(self) -> Path:
         return self.path / SPOOL_NAME
 
@@ -88,15 +94,15 @@ class WorkDir:
         """The ``done`` markers present."""
         return sorted(self.path.glob(f"{_SHARD_PREFIX}*.{DONE_PART}"))
 
-    def state_files(self) -> tuple[Path, Path, Path]:
+    def state_files(self) -> tuple[Path, ...]:
         """The files of the run state a planted link or special file must never stand in for."""
-        return self.manifest, self.index, self.spool
+        return self.manifest, self.index, self.index_log, self.spool
 
     def own_file_patterns(self) -> tuple[str, ...]:
         """Glob patterns of everything this program writes here (``--force`` removes these and nothing else)."""
         from .files import TEMP_SUFFIX
 
-        return (MANIFEST_NAME, INDEX_NAME, SPOOL_NAME, f"{_SHARD_PREFIX}*", f"{_SPILL_PREFIX}*.bin",
+        return (MANIFEST_NAME, INDEX_NAME, INDEX_LOG_NAME, SPOOL_NAME, f"{_SHARD_PREFIX}*", f"{_SPILL_PREFIX}*.bin",
                 f".*{TEMP_SUFFIX}")
 
 

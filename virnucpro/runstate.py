@@ -3,12 +3,18 @@
 The work directory (:class:`~virnucpro.rundir.WorkDir`) holds the manifest (every setting
 that determines the output bytes), the shard index and the finished shards' files;
 :mod:`virnucpro.assemble` joins those into the final outputs.
+
+A run opens in two halves: :func:`check_run` (before the input is read), then either
+:func:`record_index` after one whole input pass (a resume of a run whose pass ended), or
+:func:`begin_run` before a pass that is published while it runs (:mod:`virnucpro.indexstream`),
+whose end adds the input's hash to the manifest (:func:`record_input_hash`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,6 +35,8 @@ ESM_LOADERS_KEY = "esm_loaders"
 #: Manifest entries that are information only (a resume never compares them).
 #: (A program version that changed the output bytes would raise MANIFEST_VERSION.)
 INFO_KEYS = (FINISHED_KEY, VERSION_KEY, ESM_LOADERS_KEY)
+#: Rank 0's input pass thread and its main thread both update the manifest: one at a time.
+_MANIFEST_UPDATE = threading.Lock()
 
 
 def _own_work_files(work: WorkDir) -> list[Path]:
@@ -134,17 +142,14 @@ def _changed(old: dict, new: dict, skip: str = "") -> list[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
-def open_run(run: RunDir, settings: dict, force: bool, get_index: Callable[[Path], ShardIndex],
-             protected: Sequence[tuple[str, Path]] = ()) -> tuple[Path, ShardIndex, bool]:
-    """Create or resume the work directory; returns (work_dir, shard index, already_finished).
+def check_run(run: RunDir, settings: dict, force: bool,
+              protected: Sequence[tuple[str, Path]] = ()) -> dict | None:
+    """Everything before the input is read; returns the earlier run's manifest, or None for a new run.
 
     ``protected`` (``(what, path)``: the input, the checkpoint, local models) must not lie
     among the run's files (:func:`check_inputs_are_not_outputs`), checked before anything
-    is removed.
-
-    ``settings`` (everything but the input's hash) are checked against an earlier run's
-    manifest before ``get_index(work)`` reads the input; the index's hash is then
-    checked and recorded as ``input_sha256``.
+    is removed.  ``settings`` (everything but the input's hash) are checked against an
+    earlier run's manifest.  The work directory exists afterwards.
     """
     work = run.work
     check_inputs_are_not_outputs(run, protected)
@@ -161,7 +166,17 @@ def open_run(run: RunDir, settings: dict, force: bool, get_index: Callable[[Path
         raise VirNucProError(f"{run.outdir}: already holds results not made by this run "
                              "(no run manifest); use --force to overwrite them or choose another OUTDIR")
     work.path.mkdir(parents=True, exist_ok=True)
-    index = get_index(work.path)
+    return previous
+
+
+def input_pass_recorded(previous: dict | None) -> bool:
+    """True when an earlier launch read the whole input (its manifest records the input's hash)."""
+    return previous is not None and INPUT_HASH_KEY in previous
+
+
+def record_index(run: RunDir, settings: dict, previous: dict | None, index: ShardIndex) -> bool:
+    """After a whole input pass: check its hash against the earlier run's, save the index; True if finished."""
+    work = run.work
     settings = {**settings, INPUT_HASH_KEY: index.sha256}
     if previous is not None:
         changed = _changed(previous, settings)
@@ -172,34 +187,80 @@ def open_run(run: RunDir, settings: dict, force: bool, get_index: Callable[[Path
         if finished:
             work.spool.unlink(missing_ok=True)  # a stream read again only to check its hash
         else:
-            log.info("resuming the run in %s (begun by version %s)", run.outdir,
-                     previous.get(VERSION_KEY, "unknown"))
-        return work.path, index, finished
+            _resuming(run, previous)
+        return finished
     index.save(work.path)
     write_manifest(work.manifest, {**settings, VERSION_KEY: __version__})
-    return work.path, index, False
+    return False
+
+
+def begin_run(run: RunDir, settings: dict, previous: dict | None) -> None:
+    """Before an input pass published while it runs: the manifest of a new run, without the input's hash yet.
+
+    Shards are scored from then on, so the settings are on disk before any shard is; the
+    pass adds the hash at its end (:func:`record_input_hash`).
+    """
+    if previous is None:
+        write_manifest(run.work.manifest, {**settings, VERSION_KEY: __version__})
+    else:
+        _resuming(run, previous)
+
+
+def record_input_hash(work: Path, sha256: str) -> None:
+    """At the end of an input pass published while it ran: record the input's hash in the manifest."""
+    _set_in_manifest(work, INPUT_HASH_KEY, sha256)
+
+
+def _resuming(run: RunDir, previous: dict) -> None:
+    log.info("resuming the run in %s (begun by version %s)", run.outdir, previous.get(VERSION_KEY, "unknown"))
+
+
+def _update_manifest(work: Path, change: Callable[[dict], bool]) -> None:
+    """Read, ``change`` (True: it changed something) and write the manifest, one update at a time."""
+    with _MANIFEST_UPDATE:
+        manifest_path = WorkDir(work).manifest
+        manifest = read_manifest(manifest_path)
+        if change(manifest):
+            write_manifest(manifest_path, manifest)
+
+
+def _set_in_manifest(work: Path, key: str, value: object) -> None:
+    def put(manifest: dict) -> bool:
+        manifest[key] = value
+        return True
+
+    _update_manifest(work, put)
+
+
+def open_run(run: RunDir, settings: dict, force: bool, get_index: Callable[[Path], ShardIndex],
+             protected: Sequence[tuple[str, Path]] = ()) -> tuple[Path, ShardIndex, bool]:
+    """Create or resume the work directory around one whole input pass; returns (work_dir, index, finished).
+
+    :func:`check_run`, then ``get_index(work)`` reads the input, then :func:`record_index`.
+    """
+    previous = check_run(run, settings, force, protected)
+    index = get_index(run.work.path)
+    return run.work.path, index, record_index(run, settings, previous, index)
 
 
 def record_esm_loader(work: Path, loader: str) -> None:
     """Note in the manifest how this launch loaded the protein model (``remote``/``native``: the same numbers)."""
-    manifest_path = WorkDir(work).manifest
-    manifest = read_manifest(manifest_path)
-    used = [str(name) for name in manifest.get(ESM_LOADERS_KEY, []) if isinstance(name, str)]
-    if loader in used:
-        return
-    if used:
-        log.info("the protein model was loaded with the %s loader by an earlier launch and with %s now "
-                 "(the same weights and numbers)", "/".join(used), loader)
-    manifest[ESM_LOADERS_KEY] = [*used, loader]
-    write_manifest(manifest_path, manifest)
+    def note(manifest: dict) -> bool:
+        used = [str(name) for name in manifest.get(ESM_LOADERS_KEY, []) if isinstance(name, str)]
+        if loader in used:
+            return False
+        if used:
+            log.info("the protein model was loaded with the %s loader by an earlier launch and with %s now "
+                     "(the same weights and numbers)", "/".join(used), loader)
+        manifest[ESM_LOADERS_KEY] = [*used, loader]
+        return True
+
+    _update_manifest(work, note)
 
 
 def mark_finished(work: Path) -> None:
     """Record in the manifest that the final outputs are complete."""
-    manifest_path = WorkDir(work).manifest
-    manifest = read_manifest(manifest_path)
-    manifest[FINISHED_KEY] = True
-    write_manifest(manifest_path, manifest)
+    _set_in_manifest(work, FINISHED_KEY, True)
 
 
 def _changed_error(outdir: Path, changed: list[str]) -> VirNucProError:

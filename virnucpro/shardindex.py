@@ -5,6 +5,9 @@ finds duplicate ids in bounded memory (:mod:`virnucpro.dupcheck`), spools a pipe
 work directory, and cuts the chunks into shards.  The :class:`ShardIndex` (byte offset,
 first chunk, record and chunk counts of every shard) is saved in the work directory and
 reused on resume while the input file's size, modification time and inode are unchanged.
+Each entry also holds the digest of every record up to the end of its shard, so an entry
+says which input bytes its shard was scored from (:mod:`virnucpro.indexstream` publishes
+the entries while the pass runs, and checks a killed run's finished shards with them).
 
 :class:`ShardReader` gives the record pieces of any shard: it seeks to the shard's offset
 (for gzip it decompresses forward without parsing) and reads on sequentially without
@@ -23,21 +26,25 @@ import logging
 import os
 import stat
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator, Sequence
 
 from .dupcheck import DEFAULT_BUFFER_ENTRIES, DuplicateIds
 from .errors import InputError
 from .fasta import FastaRecord, check_input_file, shown_text
 from .fastq import FASTA, parse_sequences, sniff_format
-from .files import DISK_FULL_ERRNOS, atomic_write, decompressed, open_binary
+from .files import (DISK_FULL_ERRNOS, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, decompressed,
+                    open_binary, process_umask, temp_name_prefix)
 from .rundir import WorkDir
 from .shards import RecordPiece, chunk_count
 
 log = logging.getLogger("virnucpro.predict")
 
 INDEX_VERSION = 1
+#: Bytes of the records' digest in each shard entry (BLAKE2b: it tells a changed input from the same one).
+RECORDS_DIGEST_BYTES = 16
 STDIN_NAME = "-"
 _READ_BLOCK = 1 << 20
 
@@ -85,13 +92,18 @@ def input_source(path: Path) -> InputSource:
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """Where a shard starts (its first record's header, and the chunk of that record) and what it holds."""
+    """Where a shard starts (its first record's header, and the chunk of that record) and what it holds.
+
+    ``digest``: of the ids and sequences of every record of the input up to the one that
+    closed the shard, so equal entries of two passes mean the shard's records are the same.
+    """
 
     offset: int
     first_chunk: int
     records: int
     chunks: int
     first_id: str
+    digest: str = ""
 
 
 @dataclass
@@ -165,11 +177,22 @@ class _TeeReader(io.RawIOBase):
         return count
 
 
-class _Layout:
-    """Cuts records into shards of about ``shard_chunks`` chunks (a record longer than that is split)."""
+class _ArrivedBytes(io.BufferedReader):
+    """A buffered reader whose ``read(n)`` gives the bytes at hand (at most one read of a pipe), so that a
+    gzip stream's reader decompresses what has arrived instead of waiting for a whole block of it."""
 
-    def __init__(self, shard_chunks: int):
-        self.shard_chunks, self.shards = shard_chunks, []
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read1(size) if size is not None and size > 0 else super().read(size)
+
+
+class _Layout:
+    """Cuts records into shards of about ``shard_chunks`` chunks (a record longer than that is split).
+
+    ``digest`` gives the digest of the records read so far, for each shard closed.
+    """
+
+    def __init__(self, shard_chunks: int, digest: Callable[[], str]):
+        self.shard_chunks, self.shards, self.digest = shard_chunks, [], digest
         self._start: tuple[int, int, str] | None = None
         self._records = self._chunks = 0
 
@@ -194,31 +217,69 @@ class _Layout:
     def close(self) -> None:
         if self._start is not None:
             offset, first, record_id = self._start
-            self.shards.append(ShardEntry(offset, first, self._records, self._chunks, record_id))
+            self.shards.append(ShardEntry(offset, first, self._records, self._chunks, record_id, self.digest()))
         self._start, self._records, self._chunks = None, 0, 0
 
 
+@contextlib.contextmanager
+def _spool_writer(path: Path) -> Iterator[tuple[IO[bytes], Path]]:
+    """:func:`~virnucpro.files.atomic_write` for the spool, also naming its temporary file (read while it grows)."""
+    fd, name = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    growing = Path(name)
+    try:
+        os.fchmod(fd, 0o666 & ~process_umask())
+        handle = os.fdopen(fd, "wb")
+        fd = -1
+        with handle:
+            yield handle, growing
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(growing, path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        growing.unlink(missing_ok=True)
+
+
 def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: int,
-                dup_buffer_entries: int | None = None) -> ShardIndex:
+                dup_buffer_entries: int | None = None, *,
+                on_start: Callable[[str, Path | None], None] | None = None,
+                on_shard: Callable[[int, ShardEntry], None] | None = None) -> ShardIndex:
     """Read the input once: hash, validate, check ids, spool a stream, and lay out the shards.
 
     Raises :class:`InputError` for a bad record, a duplicate id or an empty input.  The
     index is returned, not saved (see :meth:`ShardIndex.save`).
+
+    While the pass runs, ``on_start(format, growing spool or None)`` is called once the
+    format is known, and ``on_shard(k, entry)`` for each shard, in order, once the next
+    record has been read (the spool then holds the shard's bytes); the last shard is not
+    published: it comes with the returned index, after every check.
     """
     work.mkdir(parents=True, exist_ok=True)
-    layout = _Layout(shard_chunks)
+    records_digest = hashlib.blake2b(digest_size=RECORDS_DIGEST_BYTES)
+    digest_record = records_digest.update
+    layout = _Layout(shard_chunks, records_digest.hexdigest)
     duplicates = DuplicateIds(work, dup_buffer_entries or DEFAULT_BUFFER_ENTRIES)
-    records = chunks = 0
+    records = chunks = published = 0
     shown = source.path
     try:
         with contextlib.ExitStack() as stack:
             raw = stack.enter_context(source.open_raw())
-            spool = stack.enter_context(atomic_write(WorkDir(work).spool, "wb")) if source.stream else None
+            spool, growing = stack.enter_context(_spool_writer(WorkDir(work).spool)) if source.stream else (None, None)
             tee = _TeeReader(raw, spool)
-            handle = stack.enter_context(decompressed(io.BufferedReader(tee, _READ_BLOCK)))
+            handle = stack.enter_context(decompressed(_ArrivedBytes(tee, _READ_BLOCK)))
             fmt = sniff_format(handle)
+            if on_start is not None:
+                on_start(fmt, growing)
             for offset, record in parse_sequences(handle, shown, alphabet="dna", fmt=fmt):
+                if on_shard is not None and published < len(layout.shards):
+                    if spool is not None:
+                        spool.flush()
+                    for k in range(published, len(layout.shards)):
+                        on_shard(k, layout.shards[k])
+                    published = len(layout.shards)
                 total = chunk_count(len(record.seq), chunk_size)
+                digest_record(f"{record.id}\n{record.seq}\n".encode(TEXT_ENCODING, TEXT_ERRORS))
                 duplicates.add(record.id, offset)
                 layout.add(offset, record.id, total)
                 records += 1
@@ -255,10 +316,15 @@ def _ids_at(path: Path, offsets: list[int], fmt: str) -> dict[int, str]:
 
 
 class ShardReader:
-    """Reads the record pieces of shards from the index's data file; sequential reads never seek."""
+    """Reads the record pieces of shards from the index's data file; sequential reads never seek.
 
-    def __init__(self, index: ShardIndex, work: Path):
-        self.index, self.path = index, index.data_path(work)
+    ``data``: the files to read instead, the first that exists when the reader opens (a
+    spool still growing, then its final name); ``index.shards`` may grow meanwhile.
+    """
+
+    def __init__(self, index: ShardIndex, work: Path, data: Sequence[Path] | None = None):
+        self.index, self._paths = index, tuple(data or (index.data_path(work),))
+        self.path = self._paths[-1]
         self._handle: IO[bytes] | None = None
         self._records: Iterator[tuple[int, FastaRecord]] | None = None
         self._current: tuple[FastaRecord, int, int] | None = None  # record, total chunks, next chunk
@@ -276,9 +342,18 @@ class ShardReader:
             self._handle.close()
         self._handle = self._records = self._current = None
 
+    def _open(self) -> IO[bytes]:
+        for path in self._paths[:-1]:
+            with contextlib.suppress(FileNotFoundError):
+                handle = open_binary(path)
+                self.path = path
+                return handle
+        self.path = self._paths[-1]
+        return open_binary(self.path)
+
     def _restart(self, entry: ShardEntry) -> None:
         if self._handle is None:
-            self._handle = open_binary(self.path)
+            self._handle = self._open()
         self._handle.seek(entry.offset)
         if self._records is not None:
             self._records.close()
