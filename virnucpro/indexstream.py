@@ -42,7 +42,7 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, RunFailedError, VirNucProError, exit_code_of
 from .results import verified_shard
