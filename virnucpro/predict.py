@@ -4,7 +4,7 @@
 from its command line, or by evaluate.py, the benchmarks, a notebook).  Rank 0 opens the run
 (checks, OUTDIR lock, manifest) and reads the checkpoint once; the models, revisions,
 precisions and batch size are resolved once there and handed to every rank in the
-:class:`RunPlan`.  The one validating input pass then runs in a background thread on rank 0
+:class:`RunPlan`.  The one validating input pass then runs in a child process of rank 0
 and publishes each shard as it lays it out (:mod:`virnucpro.indexstream`): every rank loads
 its models meanwhile and scores its share of the pending shards as they appear, in a
 three-stage pipeline; rank 0 joins them into the final outputs once the pass has ended
@@ -87,7 +87,7 @@ class RunPlan:
         return self.run.work.path
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "index_pass": None}  # the pass thread stays on rank 0
+        return {**self.__dict__, "index_pass": None}  # the pass (a child process of rank 0) stays with rank 0
 
 
 #: This rank's shards: listed (a complete index) or followed as the input pass publishes them.

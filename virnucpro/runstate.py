@@ -35,7 +35,7 @@ ESM_LOADERS_KEY = "esm_loaders"
 #: Manifest entries that are information only (a resume never compares them).
 #: (A program version that changed the output bytes would raise MANIFEST_VERSION.)
 INFO_KEYS = (FINISHED_KEY, VERSION_KEY, ESM_LOADERS_KEY)
-#: Rank 0's input pass thread and its main thread both update the manifest: one at a time.
+#: Rank 0 may update the manifest from more than one thread (the input's hash, the loader): one at a time.
 _MANIFEST_UPDATE = threading.Lock()
 
 
