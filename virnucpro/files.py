@@ -97,8 +97,8 @@ def temp_name_prefix(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temporary file beside ``path`` and rename it into place on success."""
+def atomic_write_named(path: str | os.PathLike, mode: str = "w") -> Iterator[tuple[IO[Any], Path]]:
+    """:func:`atomic_write` that also names its temporary file (for a reader of a file that is still growing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
@@ -109,15 +109,21 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         handle = os.fdopen(fd, mode) if "b" in mode else fdopen_text_output(fd)
         fd = -1
         with handle:
-            yield handle
+            yield handle, tmp
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if fd >= 0:
             os.close(fd)
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temporary file beside ``path`` and rename it into place on success."""
+    with atomic_write_named(path, mode) as (handle, _):
+        yield handle
 
 
 def require_writable_dir(directory: Path, what: str) -> None:

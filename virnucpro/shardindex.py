@@ -26,7 +26,6 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterator, Sequence
@@ -35,8 +34,8 @@ from .dupcheck import DEFAULT_BUFFER_ENTRIES, DuplicateIds
 from .errors import InputError
 from .fasta import FastaRecord, check_input_file, shown_text
 from .fastq import FASTA, parse_sequences, sniff_format
-from .files import (DISK_FULL_ERRNOS, TEMP_SUFFIX, TEXT_ENCODING, TEXT_ERRORS, atomic_write, decompressed,
-                    open_binary, process_umask, temp_name_prefix)
+from .files import (DISK_FULL_ERRNOS, TEXT_ENCODING, TEXT_ERRORS, atomic_write, atomic_write_named, decompressed,
+                    open_binary)
 from .rundir import WorkDir
 from .shards import RecordPiece, chunk_count
 
@@ -229,26 +228,6 @@ class _Layout:
         self._start, self._records, self._chunks = None, 0, 0
 
 
-@contextlib.contextmanager
-def _spool_writer(path: Path) -> Iterator[tuple[IO[bytes], Path]]:
-    """:func:`~virnucpro.files.atomic_write` for the spool, also naming its temporary file (read while it grows)."""
-    fd, name = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
-    growing = Path(name)
-    try:
-        os.fchmod(fd, 0o666 & ~process_umask())
-        handle = os.fdopen(fd, "wb")
-        fd = -1
-        with handle:
-            yield handle, growing
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(growing, path)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        growing.unlink(missing_ok=True)
-
-
 def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: int,
                 dup_buffer_entries: int | None = None, *,
                 on_start: Callable[[str, Path | None], None] | None = None,
@@ -273,7 +252,7 @@ def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: 
     try:
         with contextlib.ExitStack() as stack:
             raw = stack.enter_context(source.open_raw())
-            spool, growing = stack.enter_context(_spool_writer(WorkDir(work).spool)) if source.stream else (None, None)
+            spool, growing = stack.enter_context(atomic_write_named(WorkDir(work).spool, "wb")) if source.stream else (None, None)
             tee = _TeeReader(raw, spool)
             handle = stack.enter_context(decompressed(_ArrivedBytes(tee, _READ_BLOCK)))
             fmt = sniff_format(handle)
