@@ -137,6 +137,38 @@ def test_failures_stop_every_rank_and_only_rank_0_reports(one_rank) -> None:
 # --- features_extract.py on 2 ranks -----------------------------------------------------------
 
 
+GLOO_THREAD_NAMES = ("pt_gloo_runloop", "gloo_tcp_loop")  # gloo's worker and transport threads (Linux names)
+THREADS_AFTER_LAUNCH = """
+import os, sys
+from virnucpro import distributed
+
+def body():
+    import torch._dynamo  # noqa: F401 - what loading a model with transformers does under the process group
+    distributed.broadcast({"rank 0's": "value"})
+    distributed.gather(distributed.rank())
+    return 0
+
+code = distributed.launch(body)
+names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+os.write(1, f"rank {os.environ['RANK']} threads after launch: {','.join(names)}\\n".encode())  # one write
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from /proc (Linux)")
+def test_process_group_threads_end_at_destroy(tmp_path: Path) -> None:
+    """A group left alive past destroy_process_group let a gloo thread abort a finished rank at exit."""
+    script = tmp_path / "threads_after_launch.py"
+    script.write_text(THREADS_AFTER_LAUNCH)
+    done = torchrun(2, script)
+    assert done.returncode == 0, done.stderr
+    reports = re.findall(r"rank (\d) threads after launch: (\S*)", done.stdout)
+    assert sorted(r for r, _ in reports) == ["0", "1"], done.stdout + done.stderr
+    for rank_, names in reports:
+        assert not set(names.split(",")) & set(GLOO_THREAD_NAMES), f"rank {rank_}: {names}"
+
+
 @pytest.fixture
 def feature_data(golden_dir: Path, tmp_path: Path) -> Path:
     """viral (4 full splits of SPF), bacteria and fungi hosts: 6 merged files."""
