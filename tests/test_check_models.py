@@ -1,9 +1,11 @@
 """check_models.py: the health check a user runs after installing."""
 from __future__ import annotations
 
+import torch
 import transformers
 
 import check_models
+import virnucpro.models
 import standins
 
 
@@ -46,3 +48,25 @@ def test_every_model_option_reaches_the_loaders(esm_model_dir, dnabert_model_dir
         ["--esm-loader", "native", "--dna-precision", "tf32", "--esm-revision", "r1"]))
     assert (request.models.esm_loader, request.models.dna_precision, request.models.esm_revision) == (
         "native", "tf32", "r1")
+
+
+def test_compile_is_checked_and_reported(esm_model_dir, dnabert_model_dir, capsys, monkeypatch):
+    """--compile: both models' encoder layers compiled, then used; a compiler that fails says so."""
+    from test_features_extract import eager_backend_compile
+
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})  # compiled models stay in this test's cache
+    argv = ["--esm-model", str(esm_model_dir), "--dnabert-model", str(dnabert_model_dir), "--device", "cpu",
+            "--compile", "-q"]
+    compiled = eager_backend_compile(monkeypatch)
+    assert check_models.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "DNA compiled, protein compiled" in out and compiled, out
+    virnucpro.models._MODEL_CACHE.clear()  # the check compiled the cached models: load them afresh
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken)
+    assert check_models.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "DNA eager (compile failed), protein eager (compile failed)" in out, out

@@ -9,6 +9,7 @@ import torch
 
 import features_extract
 import virnucpro
+import virnucpro.models
 from virnucpro import extract
 import units
 
@@ -134,3 +135,41 @@ def test_old_protein_features_are_recomputed(data_dir: Path, model_args: list[st
     stamp = target.stat().st_mtime_ns
     assert features_extract.main(["--data-dir", str(data_dir), *model_args]) == 0
     assert target.stat().st_mtime_ns == stamp
+
+
+def eager_backend_compile(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
+    """torch.compile with the eager backend (no C compiler, seconds); the modules compiled, in order."""
+    compiled: list[torch.nn.Module] = []
+    original = torch.nn.Module.compile
+
+    def compile_eagerly(self, *args, **kwargs):
+        compiled.append(self)
+        return original(self, *args, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
+    return compiled
+
+
+def test_compile_reaches_both_extractors_with_the_eager_numbers(data_dir: Path, model_args: list[str],
+                                                                tmp_path: Path, monkeypatch) -> None:
+    """--compile compiles both models' encoder layers before the first split, as prediction.py does."""
+    from virnucpro import extraction
+
+    twin = tmp_path / "twin" / "data"
+    shutil.copytree(data_dir, twin)
+    assert features_extract.main(["--data-dir", str(twin), *model_args]) == 0
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})  # compiled models stay in this test's cache
+    compiled = eager_backend_compile(monkeypatch)
+    used: list[tuple[str, bool]] = []
+    for name in ("embed_dna", "embed_proteins"):
+        def spy(seqs, loaded, *args, _name=name, _real=getattr(extraction, name), **kwargs):
+            used.append((_name, loaded.compiled))
+            return _real(seqs, loaded, *args, **kwargs)
+        monkeypatch.setattr(extraction, name, spy)
+    assert features_extract.main(["--data-dir", str(data_dir), "--compile", *model_args]) == 0
+    assert compiled and {kind for kind, _ in used} == {"embed_dna", "embed_proteins"}
+    assert all(is_compiled for _, is_compiled in used), used
+    eager, merged = merged_files(twin), merged_files(data_dir)
+    assert list(merged) == list(eager)
+    for name in merged:
+        torch.testing.assert_close(merged[name]["data"], eager[name]["data"], atol=1e-5, rtol=0)

@@ -295,13 +295,18 @@ def make_plan(request: ExtractionRequest, progress: bool) -> Plan:
 
 
 def load_models(request: ExtractionRequest, device: torch.device) -> None:
-    """Load both language models into this process's cache (the feature extractors reuse them)."""
-    from .models import load_dnabert_model, load_protein_model
+    """Load both language models into this process's cache (the feature extractors reuse them);
+    with ``--compile`` their encoder layers are compiled there, as prediction's are."""
+    from .models import compile_encoder_layers, load_dnabert_model, load_protein_model
 
-    load_dnabert_model(request.dna.location, device, revision=request.pin("dna"), precision=request.dna.precision)
-    load_protein_model(request.protein.location, device, revision=request.pin("protein"),
-                       precision=request.protein.precision, loader=request.esm_loader,
-                       trust_remote_code=request.trust_protein_code)
+    dna = load_dnabert_model(request.dna.location, device, revision=request.pin("dna"),
+                             precision=request.dna.precision)
+    protein = load_protein_model(request.protein.location, device, revision=request.pin("protein"),
+                                 precision=request.protein.precision, loader=request.esm_loader,
+                                 trust_remote_code=request.trust_protein_code)
+    if request.models.compile:
+        compile_encoder_layers(dna)
+        compile_encoder_layers(protein)
 
 
 def run_extraction(request: ExtractionRequest) -> ExtractionSummary:
@@ -317,8 +322,9 @@ def run_extraction(request: ExtractionRequest) -> ExtractionSummary:
     progress = request.progress and distributed.is_main()
     plan = distributed.on_main(lambda: make_plan(request, progress))
     request, mine = plan.request, distributed.my_share(plan.due)
-    if distributed.world_size() > 1:  # first use of the models: one process at a time fills a shared cache
-        distributed.together(lambda: load_models(request, device), turns=True, run=bool(mine))
+    # The models' first use, before any split: under torchrun one process at a time fills a shared cache.
+    distributed.together(lambda: load_models(request, device), turns=True, run=bool(mine))
+    if distributed.world_size() > 1:
         log.info("%d of %d due split file(s) for this rank", len(mine), len(plan.due))
 
     def make_mine() -> None:

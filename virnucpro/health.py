@@ -57,7 +57,7 @@ def check_models(request: ModelCheckRequest) -> list[tuple[str, str]]:
     from .classifier import load_checkpoint
     from .embed import embed_dna, embed_proteins
     from .frames import translate_dna
-    from .models import load_dnabert_model, load_protein_model, resolve_device
+    from .models import compile_encoder_layers, load_dnabert_model, load_protein_model, resolve_device
     from .provenance import short
     from .scoring import classifier_probabilities
 
@@ -71,6 +71,8 @@ def check_models(request: ModelCheckRequest) -> list[tuple[str, str]]:
     for kind, loaded in (("DNA model", dna), ("protein model", protein)):
         rows.append((kind, f"{loaded.name} ({short(loaded.revision)}; {loaded.loader} code; {loaded.precision}; "
                            f"{loaded.hidden_size}-d)"))
+        if options.compile:
+            compile_encoder_layers(loaded)
     frame = next(p for p in translate_dna(CHECK_DNA) if "*" not in p)
     features = torch.cat((embed_dna([CHECK_DNA], dna, progress=False),
                           embed_proteins([frame], protein, progress=False)), dim=1)
@@ -78,6 +80,9 @@ def check_models(request: ModelCheckRequest) -> list[tuple[str, str]]:
         raise CheckpointError("the language models gave NaN/Inf for the check frame (try --fp32 / --dna-precision fp32)")
     rows.append(("features", f"{features.shape[1]} values per frame ({dna.hidden_size} DNA + "
                              f"{protein.hidden_size} protein)"))
+    if options.compile:  # after the first calls: a compiler that failed there has fallen back to eager
+        rows.append(("compile", ", ".join(f"{kind} {'compiled' if loaded.compiled else 'eager (compile failed)'}"
+                                          for kind, loaded in (("DNA", dna), ("protein", protein)))))
     if request.checkpoint is not None:
         classifier, meta = load_checkpoint(request.checkpoint, device)
         if meta["input_dim"] != features.shape[1]:
