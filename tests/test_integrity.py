@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 import prediction
 from virnucpro import assemble, results, rundir, runstate
@@ -187,3 +189,29 @@ def test_force_never_deletes_through_a_linked_features_folder(run, tmp_path, gol
     runstate.remove_own_files(rundir.RunDir(out, "reads", 300))
     assert theirs.read_bytes() == b"someone else's features"
     assert not (out / rundir.SUMMARY_NAME).exists() and not (out / rundir.WORK_DIR_NAME).exists()
+
+
+def test_a_worker_thread_scores_with_the_torch_threads_of_the_run(checkpoint_300):
+    """The writer thread's first matmul ran with OpenMP's default thread count, not torch's: on some
+    CPUs (this AMD EPYC with conftest's 1 torch thread: 1.3e-6 off) a resumed shard's scores differed."""
+    from virnucpro.classifier import load_checkpoint
+    from virnucpro.predict import torch_threads_of_this_thread
+
+    classifier, _ = load_checkpoint(checkpoint_300, torch.device("cpu"))
+    features = torch.randn(10, classifier.hidden_layer.in_features, generator=torch.Generator().manual_seed(0))
+
+    def hidden() -> torch.Tensor:
+        with torch.inference_mode():
+            return classifier.hidden_layer(features)
+
+    here, there = hidden(), {}
+    same_threads = torch_threads_of_this_thread()
+
+    def worker() -> None:
+        same_threads()
+        there["hidden"] = hidden()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert torch.equal(there["hidden"], here)

@@ -23,7 +23,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
 
 from . import distributed, outputs
 from .defaults import DNABERT_S_MODEL, FASTESM_MODEL, MAX_CHUNK_LENGTH
@@ -395,7 +395,10 @@ def score_shards(request: PredictionRequest, plan: RunPlan, scorer: Scorer | Non
     ready: queue.Queue = queue.Queue()
     ahead, stop = threading.Semaphore(1), threading.Event()
 
+    same_threads = torch_threads_of_this_thread()
+
     def prefetch() -> None:
+        same_threads()
         try:
             with contextlib.ExitStack() as stack:
                 reader = None
@@ -411,7 +414,7 @@ def score_shards(request: PredictionRequest, plan: RunPlan, scorer: Scorer | Non
             ready.put(_Failed(exc))
 
     reading = threading.Thread(target=prefetch, name="shard-prefetch", daemon=True)
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    with ThreadPoolExecutor(max_workers=1, initializer=same_threads) as writer:
         reading.start()
         written = None
         try:
@@ -429,6 +432,20 @@ def score_shards(request: PredictionRequest, plan: RunPlan, scorer: Scorer | Non
             stop.set()
             ahead.release()
             reading.join()
+
+
+def torch_threads_of_this_thread() -> Callable[[], None]:
+    """What a worker thread calls first to run torch with this thread's thread count.
+
+    A new thread's first CPU matmul otherwise runs with OpenMP's default count (the logical
+    CPUs) rather than torch's (``torch.set_num_threads``, by default the physical cores), and
+    on some CPUs that changes the last bits of the classifier's scores: a shard scored first
+    by the writer thread would differ from the same shard scored later, or on a resume.
+    """
+    import torch
+
+    count = torch.get_num_threads()
+    return lambda: torch.set_num_threads(count)
 
 
 @contextlib.contextmanager
