@@ -39,14 +39,13 @@ RESTART_ENVS = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")  # torchrun
 # Turns of :func:`together` with ``turns=True``: rank 0 writes a shared cache first, then one
 # rank per node fills a node-local cache, then every other rank only reads.
 TURN_FIRST, TURN_NODE, TURN_REST = 0, 1, 2
-# Why :func:`launch` imports ``torch._dynamo`` before it makes the process group (torch 2.13): a
+# The exit race (why :func:`launch` imports ``torch._dynamo`` before it makes the process group; torch 2.13): a
 # ``torch._dynamo`` imported while a group exists (transformers imports it when it loads a model) keeps
 # references to that group, so ``destroy_process_group`` leaves gloo's worker threads running.  One of
 # them then releases the last collective's tensors during interpreter exit, cannot take the GIL, and the
 # rank dies of SIGABRT ("terminate called without an active exception") after its work is done: a
 # finished job that torchrun reports as failed.  Imported first, the group is freed (its threads joined)
 # by ``destroy_process_group``.  tests/test_distributed.py::test_process_group_threads_end_at_destroy.
-_EXIT_RACE = "torch._dynamo imported after init_process_group keeps the group alive past destroy"
 
 
 class PeerFailure(Exception):
@@ -149,7 +148,7 @@ def launch(body: Callable[[], int | None]) -> int | None:
     if world_size() <= 1:
         return body()
     import torch
-    import torch._dynamo  # noqa: F401 - before the process group: see _EXIT_RACE
+    import torch._dynamo  # noqa: F401 - before the process group: see 'The exit race' above
     import torch.distributed as dist
 
     _rank_log_prefix()

@@ -398,8 +398,8 @@ def score_shards(request: PredictionRequest, plan: RunPlan, scorer: Scorer | Non
     same_threads = torch_threads_of_this_thread()
 
     def prefetch() -> None:
-        same_threads()
         try:
+            same_threads()
             with contextlib.ExitStack() as stack:
                 reader = None
                 for k in feed.shards(stop):
