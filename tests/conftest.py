@@ -119,3 +119,21 @@ def run(esm_model_dir, dnabert_model_dir, checkpoint_300):
                                          "--dnabert-model", str(dnabert_model_dir), "--device", "cpu", "-q"]
         return prediction.main(argv)
     return _run
+
+
+@pytest.fixture()
+def compile_eagerly(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
+    """torch.compile with the eager backend (no C compiler, seconds) and a model cache of the test's own
+    (the models it compiles stay there); the modules compiled, in order."""
+    import virnucpro.models
+
+    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})
+    compiled: list[torch.nn.Module] = []
+    original = torch.nn.Module.compile
+
+    def compile_with_eager_backend(self, *args, **kwargs):
+        compiled.append(self)
+        return original(self, *args, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_with_eager_backend)
+    return compiled

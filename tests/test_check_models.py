@@ -50,17 +50,13 @@ def test_every_model_option_reaches_the_loaders(esm_model_dir, dnabert_model_dir
         "native", "tf32", "r1")
 
 
-def test_compile_is_checked_and_reported(esm_model_dir, dnabert_model_dir, capsys, monkeypatch):
+def test_compile_is_checked_and_reported(esm_model_dir, dnabert_model_dir, capsys, monkeypatch, compile_eagerly):
     """--compile: both models' encoder layers compiled, then used; a compiler that fails says so."""
-    from test_features_extract import eager_backend_compile
-
-    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})  # compiled models stay in this test's cache
     argv = ["--esm-model", str(esm_model_dir), "--dnabert-model", str(dnabert_model_dir), "--device", "cpu",
             "--compile", "-q"]
-    compiled = eager_backend_compile(monkeypatch)
     assert check_models.main(argv) == 0
     out = capsys.readouterr().out
-    assert "DNA compiled, protein compiled" in out and compiled, out
+    assert "DNA compiled, protein compiled" in out and compile_eagerly, out
     virnucpro.models._MODEL_CACHE.clear()  # the check compiled the cached models: load them afresh
 
     def broken(self, *args, **kwargs):

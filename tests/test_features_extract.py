@@ -9,7 +9,6 @@ import torch
 
 import features_extract
 import virnucpro
-import virnucpro.models
 from virnucpro import extract
 import units
 
@@ -137,29 +136,15 @@ def test_old_protein_features_are_recomputed(data_dir: Path, model_args: list[st
     assert target.stat().st_mtime_ns == stamp
 
 
-def eager_backend_compile(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
-    """torch.compile with the eager backend (no C compiler, seconds); the modules compiled, in order."""
-    compiled: list[torch.nn.Module] = []
-    original = torch.nn.Module.compile
-
-    def compile_eagerly(self, *args, **kwargs):
-        compiled.append(self)
-        return original(self, *args, **{**kwargs, "backend": "eager"})
-
-    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
-    return compiled
-
-
 def test_compile_reaches_both_extractors_with_the_eager_numbers(data_dir: Path, model_args: list[str],
-                                                                tmp_path: Path, monkeypatch) -> None:
+                                                                tmp_path: Path, monkeypatch, request) -> None:
     """--compile compiles both models' encoder layers before the first split, as prediction.py does."""
     from virnucpro import extraction
 
     twin = tmp_path / "twin" / "data"
     shutil.copytree(data_dir, twin)
     assert features_extract.main(["--data-dir", str(twin), *model_args]) == 0
-    monkeypatch.setattr(virnucpro.models, "_MODEL_CACHE", {})  # compiled models stay in this test's cache
-    compiled = eager_backend_compile(monkeypatch)
+    compiled = request.getfixturevalue("compile_eagerly")  # from here on: compiled, in a cache of its own
     used: list[tuple[str, bool]] = []
     for name in ("embed_dna", "embed_proteins"):
         def spy(seqs, loaded, *args, _name=name, _real=getattr(extraction, name), **kwargs):

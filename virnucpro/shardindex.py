@@ -252,7 +252,8 @@ def build_index(source: InputSource, work: Path, chunk_size: int, shard_chunks: 
     try:
         with contextlib.ExitStack() as stack:
             raw = stack.enter_context(source.open_raw())
-            spool, growing = stack.enter_context(atomic_write_named(WorkDir(work).spool, "wb")) if source.stream else (None, None)
+            spool, growing = (stack.enter_context(atomic_write_named(WorkDir(work).spool, "wb")) if source.stream
+                              else (None, None))
             tee = _TeeReader(raw, spool)
             handle = stack.enter_context(decompressed(_ArrivedBytes(tee, _READ_BLOCK)))
             fmt = sniff_format(handle)
